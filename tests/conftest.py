@@ -1,0 +1,82 @@
+"""Test fixtures: pick the device, build the package once, load it the way users do.
+
+On a machine without a CUDA GPU the kernels run through Triton's interpreter on CPU tensors
+(``TRITON_INTERPRET=1``, set here before Triton is imported) with the exact-conversion shim of
+``interpreter_shim.py``. The package is built once per run with ``scripts/build.py`` into a
+temporary directory and obtained through ``kernels.get_kernel`` with ``LOCAL_KERNELS``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import interpreter_shim  # noqa: E402
+
+interpreter_shim.install()
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO_ID = "kernels-community/finegrained-fp8"
+BACKEND = "cuda" if HAS_CUDA else "cpu"
+
+# The interpreter runs kernels even on FakeTensors (it reads their data pointers), so the
+# FakeTensor part of opcheck only runs on the GPU, where wrap_triton skips the launch.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if HAS_CUDA else ())
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs on the device machine)")
+
+
+def build_package(out: Path, tree_id: str | None = None) -> Path:
+    """Run the repository's build script; return the directory that holds the variants."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "build.py"), "--backend", BACKEND, "--out", str(out)]
+    if tree_id:
+        cmd += ["--tree-id", tree_id]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory) -> Path:
+    return build_package(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def fp8(build_dir):
+    """The package, loaded through kernels.get_kernel with LOCAL_KERNELS pointing at the build."""
+    import kernels
+
+    os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={build_dir}"
+    return kernels.get_kernel(REPO_ID, version=1)
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+RUN_SEED = int(os.environ.get("FP8_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+
+
+def pytest_report_header(config) -> str:
+    return f"finegrained-fp8: backend={BACKEND}, random data seed FP8_TEST_SEED={RUN_SEED}"
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    """A CPU generator seeded from the run seed and the test id: fresh data every run,
+    reproducible with FP8_TEST_SEED=<seed printed in the header>."""
+    g = torch.Generator()
+    g.manual_seed((RUN_SEED ^ zlib.crc32(request.node.nodeid.encode())) % (2**63))
+    return g

@@ -1,0 +1,135 @@
+"""fp8_act_quant: exact codes and scales against the plain-torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
+from reference import FP8, quantize
+
+
+def _randn(shape, dtype, gen, device, scale=3.0):
+    x = torch.randn(shape, generator=gen) * scale
+    # vary magnitudes between groups so that scales differ by orders of magnitude
+    x = x * torch.exp2(torch.randint(-8, 9, (*shape[:-1], 1), generator=gen).float())
+    return x.to(dtype).to(device)
+
+
+def _assert_exact(q, s, x, group, pow2=False):
+    q_ref, s_ref = quantize(x.cpu(), group, pow2)
+    assert q.dtype == FP8 and s.dtype == torch.float32
+    assert q.shape == x.shape and s.shape == s_ref.shape
+    torch.testing.assert_close(s.cpu(), s_ref, rtol=0, atol=0)
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 128), (17, 384), (3, 5, 200), (2, 64)])
+def test_codes_and_scales_exact(fp8, device, gen, dtype, shape):
+    x = _randn(shape, dtype, gen, device)
+    q, s = fp8.fp8_act_quant(x, 128)
+    _assert_exact(q, s, x, 128)
+
+
+@pytest.mark.parametrize("k", [768, 5632, 100])
+def test_one_group_per_row_any_k(fp8, device, gen, k):
+    x = _randn((5, k), torch.bfloat16, gen, device)
+    q, s = fp8.fp8_act_quant(x, k)
+    assert s.shape == (5, 1)
+    _assert_exact(q, s, x, k)
+
+
+@pytest.mark.parametrize("group", [32, 64, 96])
+def test_other_group_sizes(fp8, device, gen, group):
+    x = _randn((9, 300), torch.float32, gen, device)
+    q, s = fp8.fp8_act_quant(x, group)
+    _assert_exact(q, s, x, group)
+
+
+def test_zero_groups_get_the_floor_not_nan(fp8, device, gen):
+    x = _randn((4, 256), torch.bfloat16, gen, device)
+    x[1] = 0
+    x[2, 128:] = 0
+    q, s = fp8.fp8_act_quant(x, 128)
+    _assert_exact(q, s, x, 128)
+    assert s[1, 0].item() == pytest.approx(1e-12) and s[2, 1].item() == pytest.approx(1e-12)
+    assert not torch.isnan(q.float()).any()
+
+
+def test_rounding_carries_into_exponent_and_ties_to_even(fp8, device):
+    """Values chosen so that x / s lands on fp8 rounding edges (127.4 -> 128, ties to even)."""
+    row = torch.tensor([448.0, 127.4, 120.0, 124.0, 132.0, 9.5, 11.5, -13.5, 0.0, 1e-3], dtype=torch.float32)
+    x = torch.nn.functional.pad(row, (0, 118)).reshape(1, 128).to(device)
+    q, s = fp8.fp8_act_quant(x, 128)
+    assert s.item() == 1.0
+    expected = [448.0, 128.0, 120.0, 128.0, 128.0, 10.0, 12.0, -14.0, 0.0, 0.001953125]
+    assert q.float()[0, :10].cpu().tolist() == expected
+    _assert_exact(q, s, x, 128)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_power_of_two_scales(fp8, device, gen, dtype):
+    x = _randn((6, 384), dtype, gen, device)
+    x[0, :128] = 448.0  # amax / 448 == 1 exactly: already a power of two
+    q, s = fp8.fp8_act_quant(x, 128, power_of_two_scale=True)
+    mantissa, _ = torch.frexp(s)
+    assert (mantissa == 0.5).all()
+    assert s[0, 0].item() == 1.0
+    _assert_exact(q, s, x, 128, pow2=True)
+
+
+def test_empty_and_noncontiguous(fp8, device, gen):
+    q, s = fp8.fp8_act_quant(torch.empty(0, 256, dtype=torch.bfloat16, device=device), 128)
+    assert q.shape == (0, 256) and s.shape == (0, 2)
+    base = _randn((256, 12), torch.bfloat16, gen, device)
+    x = base.t()  # (12, 256), stride along K is 12
+    q, s = fp8.fp8_act_quant(x, 128)
+    _assert_exact(q, s, x, 128)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize(
+    "x, kwargs, exc, name",
+    [
+        (torch.ones(2, 128, dtype=torch.int32), {}, TypeError, "x"),
+        (torch.ones(2, 128).to(FP8), {}, TypeError, "x"),
+        (torch.tensor(1.0), {}, ValueError, "x"),
+        (torch.ones(2, 128), {"block_size": 0}, ValueError, "block_size"),
+        (torch.ones(2, 128), {"block_size": -128}, ValueError, "block_size"),
+        (torch.ones(2, 128), {"block_size": 128.0}, TypeError, "block_size"),
+        ([1.0, 2.0], {}, TypeError, "x"),
+    ],
+)
+def test_bad_input_is_refused(fp8, device, x, kwargs, exc, name):
+    if isinstance(x, torch.Tensor):
+        x = x.to(device)
+    with pytest.raises(exc, match=rf"^{name}\b"):
+        fp8.fp8_act_quant(x, **kwargs)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal of CPU tensors outside the interpreter")
+def test_cpu_tensor_refused_when_not_interpreting(fp8, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"^x is a CPU tensor"):
+        fp8.fp8_act_quant(torch.ones(2, 128), 128)
+
+
+def test_opcheck(fp8, device, gen):
+    x = _randn((5, 256), torch.bfloat16, gen, device)
+    torch.library.opcheck(fp8.ops.fp8_act_quant, (x, 128, False), test_utils=OPCHECK_UTILS)
+
+
+@requires_cuda
+def test_compile_fullgraph(fp8, gen):
+    x = _randn((33, 7168), torch.bfloat16, gen, "cuda")
+    compiled = torch.compile(lambda t: fp8.fp8_act_quant(t, 128), fullgraph=True)
+    q, s = compiled(x)
+    _assert_exact(q, s, x, 128)
+
+
+@requires_cuda
+def test_large_shape_exact_on_gpu(fp8, gen):
+    x = _randn((4096, 7168), torch.bfloat16, gen, "cuda")
+    q, s = fp8.fp8_act_quant(x, 128)
+    _assert_exact(q, s, x, 128)

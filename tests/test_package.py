@@ -1,0 +1,86 @@
+"""The package builds, loads the ways users load it, and imports without touching the GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import BACKEND, ROOT, build_package
+
+pytestmark = pytest.mark.kernels_ci
+
+
+def _run_python(code: str, **env: str) -> str:
+    full_env = {**os.environ, **env}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_build_layout(build_dir):
+    variant = build_dir / f"torch-{BACKEND}"
+    meta = json.loads((variant / "metadata.json").read_text())
+    assert meta["name"] == "finegrained-fp8" and meta["version"] == 1 and meta["license"] == "Apache-2.0"
+    assert meta["backend"] == {"type": BACKEND}
+    assert meta["id"].startswith(f"_finegrained_fp8_{BACKEND}_")
+    ops_py = (variant / "_ops.py").read_text()
+    assert f"torch.ops.{meta['id']}" in ops_py
+    sources = {p.name for p in (ROOT / "torch-ext" / "finegrained_fp8").glob("*.py")} - {"_ops.py"}
+    assert sources <= {p.name for p in variant.glob("*.py")}
+
+
+def test_get_kernel_with_local_kernels(fp8):
+    assert callable(fp8.fp8_act_quant)
+    assert set(fp8.__all__) <= set(dir(fp8))
+
+
+def test_get_local_kernel(build_dir):
+    import kernels
+
+    module = kernels.get_local_kernel(build_dir)
+    assert "fp8_act_quant" in module.__all__
+
+
+def test_plain_import_from_build_dir(build_dir, tmp_path):
+    (tmp_path / "finegrained_fp8").symlink_to(build_dir / f"torch-{BACKEND}")
+    out = _run_python(
+        """
+        import finegrained_fp8
+        print(sorted(finegrained_fp8.__all__)[0])
+        """,
+        PYTHONPATH=str(tmp_path),
+    )
+    assert out.strip()
+
+
+def test_import_touches_neither_gpu_nor_triton_driver(build_dir):
+    out = _run_python(
+        f"""
+        import torch, kernels, triton.runtime
+        m = kernels.get_local_kernel(__import__("pathlib").Path({str(build_dir)!r}))
+        print(torch.cuda.is_initialized(), triton.runtime.driver._active is None)
+        """
+    )
+    assert out.split() == ["False", "True"]
+
+
+def test_two_builds_load_side_by_side(tmp_path, device):
+    import kernels
+
+    a = kernels.get_local_kernel(build_package(tmp_path / "a", tree_id="aaaaaaa"))
+    b = kernels.get_local_kernel(build_package(tmp_path / "b", tree_id="bbbbbbb"))
+    assert a is not b
+    assert hasattr(torch.ops, f"_finegrained_fp8_{BACKEND}_aaaaaaa")
+    assert hasattr(torch.ops, f"_finegrained_fp8_{BACKEND}_bbbbbbb")
+    assert a.ops.fp8_act_quant is not b.ops.fp8_act_quant
+    x = torch.randn(3, 256, device=device)
+    qa, sa = a.fp8_act_quant(x)
+    qb, sb = b.fp8_act_quant(x)
+    assert torch.equal(qa.view(torch.uint8), qb.view(torch.uint8)) and torch.equal(sa, sb)

@@ -1,0 +1,51 @@
+"""The activation-quantization arithmetic every kernel shares (Triton device functions).
+
+Dynamic scheme (CONTRACT.md): per row and per group of ``block_k`` elements,
+``s = max(amax(|x|) / 448, 1e-12)`` and ``q = e4m3(clamp(x / s, -448, 448))``, rounded to nearest
+even. Divisions use ``tl.div_rn`` (IEEE round-to-nearest): Triton's plain ``/`` on float32 is an
+approximate division on NVIDIA GPUs and would not reproduce the reference bit for bit.
+"""
+
+import triton
+import triton.language as tl
+
+FP8_MAX = tl.constexpr(448.0)
+SCALE_FLOOR = tl.constexpr(1e-12)
+
+
+@triton.jit
+def round_scale_up_to_power_of_two(s):
+    """Smallest power of two >= ``s`` (positive, finite, normal float32): a UE8M0 scale."""
+    bits = s.to(tl.int32, bitcast=True)
+    exponent = (bits >> 23) & 0xFF
+    exponent += ((bits & 0x7FFFFF) != 0).to(tl.int32)
+    return (exponent << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
+    """Quantize each row of ``x`` ([R, G] float32, one group per row) to e4m3.
+
+    Returns ``(q [R, G] float8e4nv, s [R] float32)`` with ``x ~= q * s[:, None]``. Masked-out
+    elements must be loaded as 0 so that they do not change the row's amax.
+    """
+    amax = tl.max(tl.abs(x), axis=1)
+    s = tl.maximum(tl.div_rn(amax, FP8_MAX), SCALE_FLOOR)
+    if POWER_OF_TWO_SCALE:
+        s = round_scale_up_to_power_of_two(s)
+    q = tl.clamp(tl.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    return q, s
+
+
+@triton.jit
+def quantize_static(x, scale):
+    """Quantize ``x`` (float32, any shape) with one per-tensor ``scale``: ``e4m3(clamp(x / scale))``."""
+    return tl.clamp(tl.div_rn(x, scale), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+
+
+@triton.jit
+def decode_scale(raw, IS_UE8M0: tl.constexpr):
+    """Scales as float32: UE8M0 codes (loaded as uint8) become ``2 ** (code - 127)``."""
+    if IS_UE8M0:
+        return (raw.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+    return raw

@@ -1,0 +1,126 @@
+"""Activation quantization: ``fp8_act_quant`` (dynamic per-row groups) and the static per-tensor scheme."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._launch import cdiv, next_power_of_two, on_device_of
+from ._ops import add_op_namespace_prefix, ops
+from ._quant import quantize_rows, quantize_static
+from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
+
+# Elements one program quantizes: large enough to keep 16-byte loads in flight, small enough to
+# give thousands of programs on prefill-sized inputs.
+_ELEMENTS_PER_PROGRAM = 4096
+
+
+@triton.jit
+def _act_quant_kernel(
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    M,
+    K,
+    stride_xm,
+    num_groups,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    STATIC_SCALE: tl.constexpr,
+    POWER_OF_TWO_SCALE: tl.constexpr,
+):
+    """One program quantizes a [BLOCK_M rows, one group] tile of x (M, K); q is (M, K) contiguous.
+
+    Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
+    """
+    pid_m = tl.program_id(0)
+    group = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_group = tl.arange(0, BLOCK_G)
+    cols = group * GROUP + in_group
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols[None, :] < K) & (in_group[None, :] < GROUP)
+    rows64 = rows.to(tl.int64)
+    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if STATIC_SCALE:
+        q = quantize_static(x, tl.load(s_ptr))
+    else:
+        q, s = quantize_rows(x, POWER_OF_TWO_SCALE)
+        tl.store(s_ptr + rows64 * num_groups + group, s, mask=row_ok)
+    tl.store(q_ptr + rows64[:, None] * K + cols[None, :], q, mask=mask)
+
+
+def launch_act_quant(x2d: torch.Tensor, q: torch.Tensor, s: torch.Tensor, group: int, static: bool, pow2: bool) -> None:
+    """Quantize ``x2d`` (M, K), unit stride along K, into ``q`` (M, K) e4m3 contiguous.
+
+    Dynamic (``static=False``): ``s`` is (M, ceil(K / group)) float32, written. Static: ``s`` holds
+    the per-tensor scale, read.
+    """
+    m, k = x2d.shape
+    if m == 0 or k == 0:
+        return
+    block_g = next_power_of_two(group)
+    block_m = max(1, min(next_power_of_two(m), _ELEMENTS_PER_PROGRAM // block_g))
+    num_groups = cdiv(k, group)
+    with on_device_of(x2d):
+        wrap_triton(_act_quant_kernel)[(cdiv(m, block_m), num_groups)](
+            x2d,
+            q,
+            s,
+            m,
+            k,
+            x2d.stride(0),
+            num_groups,
+            GROUP=group,
+            BLOCK_M=block_m,
+            BLOCK_G=block_g,
+            STATIC_SCALE=static,
+            POWER_OF_TWO_SCALE=pow2,
+            num_warps=8 if block_m * block_g >= 8192 else 4,
+        )
+
+
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """View ``x`` (..., K) as (M, K) with unit stride along K (copies only when it must)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    return x2d
+
+
+@triton_op(add_op_namespace_prefix("fp8_act_quant"), mutates_args=())
+def _fp8_act_quant(x: torch.Tensor, block_size: int, power_of_two_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    k = x.shape[-1]
+    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty((*x.shape[:-1], cdiv(k, block_size)), dtype=torch.float32, device=x.device)
+    launch_act_quant(as_rows(x), q.view(-1, k), s.view(-1, s.shape[-1]), block_size, False, power_of_two_scale)
+    return q, s
+
+
+def fp8_act_quant(
+    x: torch.Tensor, block_size: int = 128, power_of_two_scale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize activations to FP8 per row and per group of ``block_size`` elements along K.
+
+    Args:
+        x: (..., K) bfloat16, float16 or float32, any leading dimensions. ``block_size`` need not
+            divide K (the last group is partial); ``block_size == K`` gives one scale per row.
+        block_size: group length along K.
+        power_of_two_scale: round each scale up to a power of two (UE8M0 scales, as Blackwell-era
+            checkpoints use). Off by default.
+
+    Returns:
+        ``(q, s)``: q (..., K) ``float8_e4m3fn``; s (..., ceil(K / block_size)) float32, the
+        dequantization multiplier, ``x ~= q * s`` per group. ``s = max(amax / 448, 1e-12)``
+        (rounded up to a power of two when asked); ``q = e4m3(clamp(x / s, -448, 448))`` rounded to
+        nearest even.
+    """
+    check_tensor("x", x, ACTIVATION_DTYPES, min_ndim=1)
+    check_positive_int("block_size", block_size)
+    if not isinstance(power_of_two_scale, bool):
+        raise TypeError(f"power_of_two_scale must be a bool, got {type(power_of_two_scale).__name__}")
+    check_devices(x=x)
+    return ops.fp8_act_quant(x, block_size, power_of_two_scale)
