@@ -1,0 +1,234 @@
+"""Dense FP8 matmul: every mode against the float64 reference; fused equals pre-quantized bitwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
+from reference import FP8, dequantize_activation, dequantize_weight, matmul_reference, quantize, quantize_weight
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+def make_weight(n, k, block, gen, device, ue8m0=False):
+    w = torch.randn(n, k, generator=gen) * torch.exp2(torch.randint(-4, 5, (n, 1), generator=gen).float())
+    q, s = quantize_weight(w, block, ue8m0)
+    return q.to(device), s.to(device)
+
+
+def make_activation(shape, dtype, gen, device):
+    x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-6, 7, (*shape[:-1], 1), generator=gen).float())
+    return x.to(dtype).to(device)
+
+
+def assert_matches(out, ref, out_dtype):
+    """Elementwise within the output dtype's rounding, relative to the row's magnitude."""
+    assert out.dtype == out_dtype
+    assert out.shape == ref.shape
+    assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN outputs"
+    ref = ref.to(out_dtype).double()
+    scale = ref.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    err = ((out.cpu().double() - ref) / scale).abs().max().item()
+    assert err <= TOL[out_dtype], f"max error {err:.3g} relative to the row amax"
+
+
+def block_reference(a_q, a_s, b, b_s, block, group):
+    return matmul_reference(
+        dequantize_activation(a_q.cpu(), a_s.cpu(), group), dequantize_weight(b.cpu(), b_s.cpu(), block)
+    )
+
+
+BLOCKS = [(128, 128), (64, 128), (32, 32), (128, 64)]
+SHAPES = [(1, 256, 384), (15, 200, 300), (17, 96, 130), (70, 160, 256), (130, 64, 1024)]
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("m, n, k", SHAPES)
+def test_block_matmul(fp8, device, gen, block, m, n, k):
+    b, b_s = make_weight(n, k, block, gen, device)
+    a_q, a_s = quantize(make_activation((m, k), torch.float32, gen, device).cpu(), block[1])
+    out = fp8.w8a8_block_fp8_matmul(a_q.to(device), b, a_s.to(device), b_s, list(block), torch.bfloat16)
+    assert_matches(out, block_reference(a_q, a_s, b, b_s, block, block[1]), torch.bfloat16)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_output_dtypes_and_leading_dims(fp8, device, gen, out_dtype):
+    block = (128, 128)
+    b, b_s = make_weight(192, 320, block, gen, device)
+    a_q, a_s = quantize(make_activation((2, 9, 320), torch.float32, gen, device).cpu(), 128)
+    out = fp8.w8a8_fp8_matmul(a_q.to(device), b, a_s.to(device), b_s, [128, 128], output_dtype=out_dtype)
+    assert out.shape == (2, 9, 192)
+    assert_matches(out, block_reference(a_q, a_s, b, b_s, block, 128), out_dtype)
+
+
+def test_ue8m0_weight_scales(fp8, device, gen):
+    block = (128, 128)
+    b, b_s = make_weight(256, 512, block, gen, device, ue8m0=True)
+    assert b_s.dtype == torch.float8_e8m0fnu
+    x = make_activation((5, 512), torch.bfloat16, gen, device)
+    out = fp8.matmul_2d(x, b, b_s, [128, 128])
+    a_q, a_s = quantize(x.cpu(), 128)
+    assert_matches(out, block_reference(a_q, a_s, b, b_s, block, 128), torch.bfloat16)
+
+
+@pytest.mark.parametrize("m", [1, 33, 100])
+def test_static_activation_scale_block_mode(fp8, device, gen, m):
+    block = (128, 128)
+    b, b_s = make_weight(160, 256, block, gen, device)
+    x = make_activation((m, 256), torch.bfloat16, gen, device)
+    scale = (x.float().abs().amax() / 448).reshape(())
+    q = torch.clamp(x.float() / scale, -448, 448).to(FP8)
+    ref = block_reference(q, scale, b, b_s, block, 128)
+    assert_matches(fp8.matmul_2d(x, b, b_s, [128, 128], activation_scale=scale), ref, torch.bfloat16)
+    assert_matches(fp8.w8a8_fp8_matmul(q, b, scale, b_s, [128, 128], torch.bfloat16), ref, torch.bfloat16)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("m", [1, 20, 90])
+@pytest.mark.parametrize("as_shape", ["row", "row1", "scalar"])
+def test_per_tensor_matmul(fp8, device, gen, m, as_shape):
+    n, k = 144, 400
+    b, b_s = make_weight(n, k, None, gen, device)
+    a_q, a_s = quantize(make_activation((m, k), torch.float32, gen, device).cpu(), k)  # one scale per row
+    if as_shape == "row":
+        a_s = a_s.reshape(m)
+    elif as_shape == "scalar":  # static scheme: one scale for the whole tensor
+        x = make_activation((m, k), torch.float32, gen, device).cpu()
+        a_s = (x.abs().amax() / 448).reshape(())
+        a_q = torch.clamp(x / a_s, -448, 448).to(FP8)
+    ref = matmul_reference(dequantize_activation(a_q, a_s, k), dequantize_weight(b.cpu(), b_s.cpu(), None))
+    out = fp8.w8a8_tensor_fp8_matmul(a_q.to(device), b, a_s.to(device), b_s, torch.float32)
+    assert_matches(out, ref, torch.float32)
+    out = fp8.w8a8_fp8_matmul(a_q.to(device), b, a_s.to(device), b_s, [n, k], torch.float32)
+    assert_matches(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize("m", [3, 80])
+def test_matmul_2d_per_tensor(fp8, device, gen, m):
+    n, k = 100, 272
+    b, b_s = make_weight(n, k, None, gen, device)
+    x = make_activation((m, k), torch.bfloat16, gen, device)
+    a_q, a_s = quantize(x.cpu(), k)
+    ref = matmul_reference(dequantize_activation(a_q, a_s, k), dequantize_weight(b.cpu(), b_s.cpu(), None))
+    assert_matches(fp8.matmul_2d(x, b, b_s, None), ref, torch.bfloat16)
+    assert_matches(fp8.matmul(x, b, b_s, [n, k], torch.float32), ref, torch.float32)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("m", [1, 16, 17, 64, 65, 200])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_fused_equals_prequantized_bitwise(fp8, device, gen, m, dtype):
+    """matmul_2d quantizes exactly as fp8_act_quant, in the kernel (M <= 64) or in a first pass."""
+    b, b_s = make_weight(136, 520, (128, 128), gen, device)
+    x = make_activation((m, 520), dtype, gen, device)
+    fused = fp8.matmul_2d(x, b, b_s, [128, 128], torch.float32)
+    q, s = fp8.fp8_act_quant(x, 128)
+    unfused = fp8.w8a8_block_fp8_matmul(q, b, s, b_s, [128, 128], torch.float32)
+    assert torch.equal(fused, unfused)
+    assert_matches(fused, block_reference(q, s, b, b_s, (128, 128), 128), torch.float32)
+
+
+def test_split_k_is_deterministic(fp8, device, gen):
+    """Few output tiles and a long K select split-K; results are bitwise stable."""
+    b, b_s = make_weight(64, 2048, (128, 128), gen, device)
+    x = make_activation((4, 2048), torch.bfloat16, gen, device)
+    first = fp8.matmul_2d(x, b, b_s, [128, 128], torch.float32)
+    assert torch.equal(first, fp8.matmul_2d(x, b, b_s, [128, 128], torch.float32))
+    q, s = quantize(x.cpu(), 128)
+    assert_matches(first, block_reference(q, s, b, b_s, (128, 128), 128), torch.float32)
+
+
+def test_empty_m(fp8, device, gen):
+    b, b_s = make_weight(64, 128, (128, 128), gen, device)
+    out = fp8.matmul_2d(torch.empty(0, 128, dtype=torch.bfloat16, device=device), b, b_s, [128, 128])
+    assert out.shape == (0, 64) and out.dtype == torch.bfloat16
+
+
+def test_opcheck(fp8, device, gen):
+    # opcheck's schema test compares inputs with torch.allclose, which torch lacks for fp8 tensors.
+    utils = tuple(u for u in OPCHECK_UTILS if u != "test_schema")
+    b, b_s = make_weight(64, 256, (128, 128), gen, device)
+    x = make_activation((3, 256), torch.bfloat16, gen, device)
+    torch.library.opcheck(fp8.ops.fp8_matmul_fused, (x, b, b_s, None, 128, 128, torch.bfloat16), test_utils=utils)
+    q, s = fp8.fp8_act_quant(x)
+    torch.library.opcheck(fp8.ops.fp8_matmul, (q, b, s, b_s, 128, 128, torch.float32), test_utils=utils)
+
+
+def _bad_case(device, what):
+    """(A, B, Bs, block_size) for matmul_2d, valid except for ``what``."""
+    b = torch.zeros(64, 256, device=device).to(FP8)
+    bs = torch.ones(1, 2, device=device)
+    x = torch.ones(3, 256, device=device)
+    block = [128, 128]
+    return {
+        "A dtype": (x.to(torch.int32), b, bs, block),
+        "A fp8": (x.to(FP8), b, bs, block),
+        "B dtype": (x, b.float(), bs, block),
+        "B rank": (x, b[None], bs, block),
+        "K mismatch": (x[:, :128], b, bs, block),
+        "Bs shape": (x, b, bs[:, :1], block),
+        "Bs dtype": (x, b, bs.double(), block),
+        "block_k": (x, b, bs, [128, 100]),
+        "block length": (x, b, bs, [128]),
+        "block type": (x, b, bs, 128),
+        "per-tensor Bs": (x, b, torch.ones(3, device=device), None),
+        "output dtype": (x, b, bs, block),
+    }[what]
+
+
+BAD = [
+    ("A dtype", TypeError, "A"),
+    ("A fp8", TypeError, "A"),
+    ("B dtype", TypeError, "B"),
+    ("B rank", ValueError, "B"),
+    ("K mismatch", ValueError, "A"),
+    ("Bs shape", ValueError, "Bs"),
+    ("Bs dtype", TypeError, "Bs"),
+    ("block_k", ValueError, r"block_size\[1\]"),
+    ("block length", ValueError, "block_size"),
+    ("block type", TypeError, "block_size"),
+    ("per-tensor Bs", ValueError, "Bs"),
+]
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("what, exc, name", BAD)
+def test_bad_input_is_refused(fp8, device, what, exc, name):
+    with pytest.raises(exc, match=rf"^{name}(?!\w)"):
+        fp8.matmul_2d(*_bad_case(device, what))
+
+
+def test_bad_prequantized_input_is_refused(fp8, device):
+    b = torch.zeros(64, 256, device=device).to(FP8)
+    bs = torch.ones(1, 2, device=device)
+    q = torch.zeros(3, 256, device=device).to(FP8)
+    with pytest.raises(TypeError, match=r"^A\b"):
+        fp8.w8a8_fp8_matmul(q.float(), b, torch.ones(3, 2, device=device), bs, [128, 128])
+    with pytest.raises(ValueError, match=r"^As\b"):
+        fp8.w8a8_fp8_matmul(q, b, torch.ones(3, 3, device=device), bs, [128, 128])
+    with pytest.raises(TypeError, match=r"^As\b"):
+        fp8.w8a8_fp8_matmul(q, b, torch.ones(3, 2, device=device, dtype=torch.float16), bs, [128, 128])
+    with pytest.raises(TypeError, match=r"^output_dtype\b"):
+        fp8.w8a8_fp8_matmul(q, b, torch.ones(3, 2, device=device), bs, [128, 128], torch.int32)
+    with pytest.raises(ValueError, match=r"^block_size\b"):
+        fp8.w8a8_block_fp8_matmul(q, b, torch.ones(3, 2, device=device), bs, None)
+    with pytest.raises(ValueError, match=r"^activation_scale\b"):
+        fp8.matmul_2d(
+            torch.ones(3, 256, device=device), b, bs, [128, 128], activation_scale=torch.ones(2, device=device)
+        )
+
+
+@requires_cuda
+def test_tensors_on_different_devices_are_refused(fp8, gen):
+    b, b_s = make_weight(64, 256, (128, 128), gen, "cuda")
+    with pytest.raises(ValueError, match=r"^B is on"):
+        fp8.matmul_2d(torch.ones(3, 256, device="cuda"), b.cpu(), b_s, [128, 128])
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal of CPU tensors outside the interpreter")
+def test_cpu_tensors_refused_when_not_interpreting(fp8, gen, monkeypatch):
+    b, b_s = make_weight(64, 256, (128, 128), gen, "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"^A is a CPU tensor"):
+        fp8.matmul_2d(torch.ones(3, 256), b, b_s, [128, 128])

@@ -1,0 +1,64 @@
+"""Tile configurations, chosen from shapes alone (no runtime autotuning: safe in CUDA graphs and
+``torch.compile`` traces, and reproducible).
+
+The GEMM kernels put weight rows on the tile's first axis (``BLOCK_N``) and tokens on the second
+(``BLOCK_M``): with few tokens that keeps the weights on the 64-row side of Hopper's FP8 wgmma,
+and the token tile can be as narrow as 16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._launch import cdiv, multiprocessor_count
+
+# Every split-K slice streams at least this many K blocks, so the pipeline has room to fill.
+_MIN_K_BLOCKS_PER_SPLIT = 4
+# Token counts up to this quantize activations inside the GEMM; above it a separate quantization
+# pass is cheaper than re-quantizing the same activation tile once per weight tile.
+FUSED_QUANT_MAX_M = 64
+
+
+@dataclass(frozen=True)
+class GemmTiles:
+    block_n: int  # weight rows per program
+    block_m: int  # tokens per program
+    block_k: int  # K per step; equals the scale block along K in block mode
+    num_warps: int
+    num_stages: int
+    split_k: int  # programs along K (1: no split)
+    k_blocks_per_split: int
+    group_n: int  # weight tiles that consecutive programs share (L2 reuse)
+
+
+def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
+    """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
+    if m <= 16:
+        block_m = 16
+    elif m <= 32:
+        block_m = 32
+    elif m <= 64:
+        block_m = 64
+    else:
+        block_m = 128
+    block_n = 128
+    decode = block_m <= 64
+    num_warps = 4 if decode else 8
+    num_stages = 5 if decode else 4
+    tiles = cdiv(n, block_n) * cdiv(m, block_m)
+    k_blocks = cdiv(k, block_k)
+    target_programs = multiprocessor_count(device) * (2 if decode else 1)
+    split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
+    per_split = cdiv(k_blocks, split)
+    return GemmTiles(
+        block_n=block_n,
+        block_m=block_m,
+        block_k=block_k,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        split_k=cdiv(k_blocks, per_split),
+        k_blocks_per_split=per_split,
+        group_n=8,
+    )

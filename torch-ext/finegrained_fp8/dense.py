@@ -1,0 +1,365 @@
+"""Dense W8A8 FP8 matmul: block-wise and per-tensor scales, pre-quantized or raw activations.
+
+``out[m, n] = sum_k dequant(x)[m, k] * dequant(w)[n, k]``, float32 accumulation. In block mode each
+K block of ``block_k`` is a fresh FP8 dot product, scaled by its activation and weight scales and
+added to a float32 accumulator (DeepSeek-V3 numerics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._launch import cdiv, on_device_of
+from ._ops import add_op_namespace_prefix, ops
+from ._quant import decode_scale, quantize_rows, quantize_static
+from ._tiles import FUSED_QUANT_MAX_M, GemmTiles, gemm_tiles
+from ._validation import (
+    ACTIVATION_DTYPES,
+    FP8_DTYPE,
+    check_devices,
+    check_k_matches,
+    check_output_dtype,
+    check_tensor,
+    check_weight_scale,
+    resolve_block_size,
+)
+from .act_quant import as_rows, launch_act_quant
+
+# How the kernel gets FP8 activations (X_MODE).
+X_PREQUANTIZED = 0  # x is e4m3, xs holds its scales
+X_DYNAMIC = 1  # x is raw; quantized per row and K block inside the kernel
+X_STATIC = 2  # x is raw; quantized with the one per-tensor scale at xs
+
+
+@triton.jit
+def _gemm_kernel(
+    w_ptr,
+    ws_ptr,
+    x_ptr,
+    xs_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_wn,
+    stride_wsn,
+    stride_wsk,
+    stride_xm,
+    stride_xsm,
+    stride_xsk,
+    stride_out_split,
+    stride_om,
+    scale_block_n,
+    k_blocks_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_N: tl.constexpr,
+    X_MODE: tl.constexpr,
+    PER_K_SCALE: tl.constexpr,
+    WS_UE8M0: tl.constexpr,
+):
+    """One program: an out tile of BLOCK_M tokens x BLOCK_N columns over one split of K.
+
+    w (N, K) e4m3, K contiguous; ws weight scales indexed [n // scale_block_n, k block] through
+    strides (0 strides broadcast a per-tensor scale); x (M, K) rows with unit stride along K;
+    xs activation scales [m, k block] through strides. out is (M, N) when there is one split, else
+    a float32 workspace (splits, M, N) reduced by ``_sum_splits_kernel``.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    programs_per_group = GROUP_N * tiles_m
+    first_n = (pid // programs_per_group) * GROUP_N
+    group_width = min(tiles_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % programs_per_group) % group_width
+    pid_m = (pid % programs_per_group) // group_width
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    ws_rows = ws_ptr + (offs_n // scale_block_n) * stride_wsn
+    xs_rows = xs_ptr + offs_m.to(tl.int64) * stride_xsm
+    if X_MODE == 2:
+        static_scale = tl.load(xs_ptr)
+
+    kb_start = split * k_blocks_per_split
+    kb_end = min(kb_start + k_blocks_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for kb in range(kb_start, kb_end):
+        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if X_MODE == 1:
+            x, x_scale = quantize_rows(x.to(tl.float32), False)
+        elif X_MODE == 2:
+            x = quantize_static(x.to(tl.float32), static_scale)
+        if PER_K_SCALE:
+            if X_MODE == 0:
+                x_scale = tl.load(xs_rows + kb * stride_xsk, mask=m_ok, other=0.0)
+            elif X_MODE == 2:
+                x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
+            w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk, mask=n_ok, other=0), WS_UE8M0)
+            acc += tl.dot(w, tl.trans(x)) * (w_scale[:, None] * x_scale[None, :])
+        else:
+            acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+    if not PER_K_SCALE:
+        if X_MODE == 0:
+            x_scale = tl.load(xs_rows, mask=m_ok, other=0.0)
+        else:
+            x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
+        w_scale = decode_scale(tl.load(ws_rows, mask=n_ok, other=0), WS_UE8M0)
+        acc = acc * (w_scale[:, None] * x_scale[None, :])
+
+    out_ptrs = out_ptr + split * stride_out_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(partials_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum over s of partials[s, i], always in the order s = 0, 1, ... (bitwise reproducible)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.load(partials_ptr + offs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLITS):
+        acc += tl.load(partials_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _scale_strides(s: torch.Tensor, rows: int) -> tuple[torch.Tensor, int, int]:
+    """A scale tensor and its (row, k-block) strides; a single scale broadcasts with zero strides."""
+    if s.numel() == 1:
+        return s.reshape(1), 0, 0
+    s2d = s.reshape(rows, -1)
+    return s2d, s2d.stride(0), s2d.stride(1)
+
+
+def launch_gemm(
+    w: torch.Tensor,
+    ws: torch.Tensor,
+    x: torch.Tensor,
+    xs: torch.Tensor,
+    out: torch.Tensor,
+    block: tuple[int, int] | None,
+    x_mode: int,
+    tiles: GemmTiles | None = None,
+) -> None:
+    """Compute ``out (M, N) = x (M, K) @ w (N, K).T`` with scales; launch under x's device.
+
+    ``block`` is (block_n, block_k) or None for per-tensor weight scales. ``xs``: activation scales
+    (M, ceil(K / block_k)), per-row (M,) / (M, 1), or one element (static scheme).
+    """
+    m, k = x.shape
+    n = w.shape[0]
+    if m == 0 or n == 0:
+        return
+    per_k_scale = block is not None
+    tiles = tiles or gemm_tiles(m, n, k, block[1] if per_k_scale else 128, x.device)
+    ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
+    ws = ws.view(torch.uint8) if ws_ue8m0 else ws
+    ws, stride_wsn, stride_wsk = _scale_strides(ws, cdiv(n, block[0]) if per_k_scale else 1)
+    xs, stride_xsm, stride_xsk = _scale_strides(xs, m)
+    if x_mode == X_STATIC:
+        stride_xsm = stride_xsk = 0
+    split = tiles.split_k
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
+    grid = (cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), split)
+    with on_device_of(x):
+        wrap_triton(_gemm_kernel)[grid](
+            w, ws, x, xs, target,
+            m, n, k,
+            w.stride(0), stride_wsn, stride_wsk,
+            x.stride(0), stride_xsm, stride_xsk,
+            m * n, out.stride(0),
+            block[0] if per_k_scale else n, tiles.k_blocks_per_split,
+            BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
+            X_MODE=x_mode, PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )  # fmt: skip
+        if split > 1:
+            block_elems = 1024
+            wrap_triton(_sum_splits_kernel)[(cdiv(m * n, block_elems),)](
+                target, out, m * n, SPLITS=split, BLOCK=block_elems, num_warps=4
+            )
+
+
+def _block_arg(block_n: int, block_k: int) -> tuple[int, int] | None:
+    """Ops carry the mode as two ints: (0, 0) means per-tensor weight scales."""
+    return None if block_n == 0 else (block_n, block_k)
+
+
+@triton_op(add_op_namespace_prefix("fp8_matmul"), mutates_args=())
+def _fp8_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_s: torch.Tensor,
+    b_s: torch.Tensor,
+    block_n: int,
+    block_k: int,
+    output_dtype: torch.dtype,
+) -> torch.Tensor:
+    n = b.shape[0]
+    out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
+    launch_gemm(b, b_s, as_rows(a), a_s, out.view(-1, n), _block_arg(block_n, block_k), X_PREQUANTIZED)
+    return out
+
+
+@triton_op(add_op_namespace_prefix("fp8_matmul_fused"), mutates_args=())
+def _fp8_matmul_fused(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    activation_scale: torch.Tensor | None,
+    block_n: int,
+    block_k: int,
+    output_dtype: torch.dtype,
+) -> torch.Tensor:
+    n, k = b.shape
+    block = _block_arg(block_n, block_k)
+    x = as_rows(a)
+    m = x.shape[0]
+    out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
+    out2d = out.view(-1, n)
+    static = activation_scale is not None
+    if block is not None and m <= FUSED_QUANT_MAX_M:
+        x_mode = X_STATIC if static else X_DYNAMIC
+        launch_gemm(b, b_s, x, activation_scale if static else x, out2d, block, x_mode)
+        return out
+    group = k if block is None else block[1]
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=a.device)
+    x_s = activation_scale if static else torch.empty((m, cdiv(k, group)), dtype=torch.float32, device=a.device)
+    launch_act_quant(x, q, x_s, group, static, False)
+    launch_gemm(b, b_s, q, x_s, out2d, block, X_PREQUANTIZED)
+    return out
+
+
+def _check_weights(a_name: str, a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, block_size: object):
+    check_tensor("B", b, (FP8_DTYPE,), ndim=2)
+    n, k = b.shape
+    check_k_matches(a_name, a, "B", b)
+    block = resolve_block_size(block_size, n, k)
+    check_weight_scale("Bs", bs, (), n, k, block)
+    return block
+
+
+def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, block: tuple[int, int] | None) -> None:
+    """As: one element (static scheme), per K block (..., M, ceil(K/block_k)) or per row (..., M[, 1])."""
+    check_tensor("As", a_s, (torch.float32,))
+    if a_s.numel() == 1:
+        return
+    rows = a.shape[:-1]
+    if block is not None:
+        allowed = [(*rows, cdiv(k, block[1]))]
+    else:
+        allowed = [tuple(rows), (*rows, 1)]
+    if tuple(a_s.shape) not in allowed:
+        raise ValueError(
+            f"As must have shape {' or '.join(str(list(s)) for s in allowed)} (or be a single per-tensor scale) "
+            f"for A of shape {list(a.shape)}, got {list(a_s.shape)}"
+        )
+
+
+def _block_ints(block: tuple[int, int] | None) -> tuple[int, int]:
+    return block if block is not None else (0, 0)
+
+
+def w8a8_fp8_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    As: torch.Tensor,
+    Bs: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+    output_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Matmul of pre-quantized FP8 activations with FP8 weights: ``dequant(A) @ dequant(B).T``.
+
+    Args:
+        A: (..., K) ``float8_e4m3fn`` activations (e.g. from ``fp8_act_quant``), K contiguous.
+        B: (N, K) ``float8_e4m3fn`` weights.
+        As: activation dequant scales, float32: (..., ceil(K/block_k)) in block mode, per row
+            (...,) or (..., 1) in per-tensor mode, or one element (static activation scheme).
+        Bs: weight dequant scales (``weight_scale_inv``), float32 or ``float8_e8m0fnu``:
+            (ceil(N/block_n), ceil(K/block_k)) in block mode, one element in per-tensor mode.
+        block_size: [block_n, block_k]; None or [N, K] selects per-tensor mode.
+        output_dtype: float32, bfloat16 or float16.
+
+    Returns:
+        (..., N) tensor of ``output_dtype``.
+    """
+    check_tensor("A", A, (FP8_DTYPE,), min_ndim=1)
+    block = _check_weights("A", A, B, Bs, block_size)
+    _check_activation_scale(A, As, B.shape[1], block)
+    check_output_dtype("output_dtype", output_dtype)
+    check_devices(A=A, B=B, As=As, Bs=Bs)
+    return ops.fp8_matmul(A, B, As, Bs, *_block_ints(block), output_dtype)
+
+
+def w8a8_block_fp8_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    As: torch.Tensor,
+    Bs: torch.Tensor,
+    block_size: list[int] | tuple[int, int],
+    output_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Block-scaled FP8 matmul; see ``w8a8_fp8_matmul`` for shapes. ``block_size`` is required."""
+    if block_size is None:
+        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul")
+    return w8a8_fp8_matmul(A, B, As, Bs, block_size, output_dtype)
+
+
+def w8a8_tensor_fp8_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    As: torch.Tensor,
+    Bs: torch.Tensor,
+    output_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Per-tensor FP8 matmul: As one element, (M,) or (M, 1); Bs one element. See ``w8a8_fp8_matmul``."""
+    return w8a8_fp8_matmul(A, B, As, Bs, None, output_dtype)
+
+
+def matmul_2d(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+    output_dtype: torch.dtype | None = None,
+    activation_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FP8 linear layer on raw activations: quantize A, then ``dequant(A_q) @ dequant(B).T``.
+
+    Args:
+        A: (..., K) bfloat16, float16 or float32.
+        B, Bs, block_size: as in ``w8a8_fp8_matmul``.
+        output_dtype: None means A's dtype.
+        activation_scale: None for dynamic quantization (per row and block_k group in block mode,
+            per row in per-tensor mode, exactly as ``fp8_act_quant``); a one-element float32 tensor
+            for the static scheme (``q = clamp(A / activation_scale)``).
+
+    Up to 64 rows the quantization runs inside the matmul kernel (one launch); above that a
+    quantization pass runs first, which is cheaper than quantizing each activation tile once per
+    weight tile. Results are identical either way.
+    """
+    check_tensor("A", A, ACTIVATION_DTYPES, min_ndim=1)
+    block = _check_weights("A", A, B, Bs, block_size)
+    if activation_scale is not None:
+        check_tensor("activation_scale", activation_scale, (torch.float32,))
+        if activation_scale.numel() != 1:
+            raise ValueError(
+                f"activation_scale must hold one per-tensor scale, got shape {list(activation_scale.shape)}"
+            )
+    out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
+    check_devices(A=A, B=B, Bs=Bs, activation_scale=activation_scale)
+    return ops.fp8_matmul_fused(A, B, Bs, activation_scale, *_block_ints(block), out_dtype)
+
+
+matmul = matmul_2d
