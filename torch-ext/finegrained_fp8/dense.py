@@ -61,6 +61,7 @@ def _gemm_kernel(
     X_MODE: tl.constexpr,
     PER_K_SCALE: tl.constexpr,
     WS_UE8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     """One program: an out tile of BLOCK_M tokens x BLOCK_N columns over one split of K.
 
@@ -81,12 +82,13 @@ def _gemm_kernel(
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_ok = offs_n < N
-    m_ok = offs_m < M
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    ws_rows = ws_ptr + (offs_n // scale_block_n) * stride_wsn
-    xs_rows = xs_ptr + offs_m.to(tl.int64) * stride_xsm
+    # Rows past the edge wrap around to valid rows: loads need no row mask, and the store drops them.
+    rows_n = offs_n % N
+    rows_m = offs_m % M
+    w_rows = w_ptr + rows_n.to(tl.int64)[:, None] * stride_wn
+    x_rows = x_ptr + rows_m.to(tl.int64)[:, None] * stride_xm
+    ws_rows = ws_ptr + (rows_n // scale_block_n) * stride_wsn
+    xs_rows = xs_ptr + rows_m.to(tl.int64) * stride_xsm
     if X_MODE == 2:
         static_scale = tl.load(xs_ptr)
 
@@ -95,32 +97,36 @@ def _gemm_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        x = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if EVEN_K:
+            w = tl.load(w_rows + offs_k[None, :])
+            x = tl.load(x_rows + offs_k[None, :])
+        else:
+            k_ok = offs_k[None, :] < K
+            w = tl.load(w_rows + offs_k[None, :], mask=k_ok, other=0.0)
+            x = tl.load(x_rows + offs_k[None, :], mask=k_ok, other=0.0)
         if X_MODE == 1:
             x, x_scale = quantize_rows(x.to(tl.float32), False)
         elif X_MODE == 2:
             x = quantize_static(x.to(tl.float32), static_scale)
         if PER_K_SCALE:
             if X_MODE == 0:
-                x_scale = tl.load(xs_rows + kb * stride_xsk, mask=m_ok, other=0.0)
+                x_scale = tl.load(xs_rows + kb * stride_xsk)
             elif X_MODE == 2:
                 x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
-            w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk, mask=n_ok, other=0), WS_UE8M0)
+            w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk), WS_UE8M0)
             acc += tl.dot(w, tl.trans(x)) * (w_scale[:, None] * x_scale[None, :])
         else:
             acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
     if not PER_K_SCALE:
         if X_MODE == 0:
-            x_scale = tl.load(xs_rows, mask=m_ok, other=0.0)
+            x_scale = tl.load(xs_rows)
         else:
             x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
-        w_scale = decode_scale(tl.load(ws_rows, mask=n_ok, other=0), WS_UE8M0)
+        w_scale = decode_scale(tl.load(ws_rows), WS_UE8M0)
         acc = acc * (w_scale[:, None] * x_scale[None, :])
 
     out_ptrs = out_ptr + split * stride_out_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
 
 
 @triton.jit
@@ -181,7 +187,7 @@ def launch_gemm(
             m * n, out.stride(0),
             block[0] if per_k_scale else n, tiles.k_blocks_per_split,
             BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
-            X_MODE=x_mode, PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0,
+            X_MODE=x_mode, PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )  # fmt: skip
         if split > 1:

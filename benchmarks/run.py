@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The project's benchmark runner (the main job; ``scripts/run.sh`` builds and calls it).
+
+On a CUDA GPU: times every kernel of the package on the shapes of PERFORMANCE.md next to the torch
+peers in the same process (``triton.testing.do_bench`` medians, weights rotated through more memory
+than L2 holds), prints a table, writes ``benchmarks/out/results.json`` and ``results.png``.
+On a CPU: a small demo through Triton's interpreter whose results are checked against the
+plain-torch reference (exit status 1 on a mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "benchmarks" / "out"
+REPO_ID = "kernels-community/finegrained-fp8"
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, str(ROOT / "tests"))
+
+DENSE_SHAPES = [(18432, 7168), (7168, 18432), (24576, 1536)]
+DENSE_M = [1, 16, 128, 1024, 4096]
+L2_BYTES = 50 * 2**20
+
+
+@dataclass
+class Row:
+    kernel: str
+    shape: str
+    impl: str
+    ms: float
+    tflops: float | None = None
+    tbps: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_package():
+    """The built package, loaded as users load it (LOCAL_KERNELS + kernels.get_kernel)."""
+    import kernels
+
+    backend = "cuda" if HAS_CUDA else "cpu"
+    os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={ROOT / 'build'}"
+    if not (ROOT / "build" / f"torch-{backend}").exists():
+        raise SystemExit(f"build/torch-{backend} is missing: run scripts/build.py --backend {backend} first")
+    return kernels.get_kernel(REPO_ID, version=1)
+
+
+def bench(fn: Callable[[], object]) -> float:
+    """Median milliseconds of ``fn`` on the GPU."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def rotating(make: Callable[[], tuple], bytes_each: int) -> Callable[[], tuple]:
+    """Cycle through enough copies of ``make()`` that one pass exceeds twice the L2 cache."""
+    copies = [make() for _ in range(max(1, -(-2 * L2_BYTES // max(bytes_each, 1))))]
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(copies)
+        return copies[state["i"]]
+
+    return nxt
+
+
+def random_weight(n: int, k: int, device: str):
+    from reference import quantize_weight
+
+    w = torch.randn(n, k, device=device)
+    q, s = quantize_weight(w, (128, 128))
+    return q, s
+
+
+def bench_act_quant(fp8, rows: list[Row]) -> None:
+    from reference import quantize
+
+    m, k = 4096, 7168
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    moved = m * k * 2 + m * k + m * (k // 128) * 4
+    ours = bench(lambda: fp8.fp8_act_quant(x, 128))
+    torch_eager = bench(lambda: quantize(x, 128))
+    torch_compiled_fn = torch.compile(lambda t: quantize(t, 128))
+    torch_compiled = bench(lambda: torch_compiled_fn(x))
+    for impl, ms in [("ours", ours), ("torch eager", torch_eager), ("torch.compile", torch_compiled)]:
+        rows.append(Row("fp8_act_quant", f"{m}x{k} bf16", impl, ms, tbps=moved / ms / 1e9))
+
+
+def scaled_mm_block(a_q, a_s_mmajor, b, b_s):
+    """cuBLAS block-scaled GEMM: 1x128 activation scales (M-major), 128x128 weight scales."""
+    return torch._scaled_mm(a_q, b.t(), scale_a=a_s_mmajor, scale_b=b_s.t(), out_dtype=torch.bfloat16)
+
+
+def bench_dense(fp8, rows: list[Row], m_values: list[int]) -> None:
+    for n, k in DENSE_SHAPES:
+        weights = rotating(lambda n=n, k=k: random_weight(n, k, "cuda"), n * k)
+        per_tensor = rotating(lambda n=n, k=k: (torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn),), n * k)
+        for m in m_values:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            q, s = fp8.fp8_act_quant(x, 128)
+            s_mmajor = s.t().contiguous().t()
+            flops = 2 * m * n * k
+            weight_bytes = n * k
+            shape = f"M={m} {n}x{k}"
+            one = torch.ones((), device="cuda")
+            impls: dict[str, Callable[[], object]] = {
+                "ours fused": lambda: fp8.matmul_2d(x, *weights(), [128, 128]),
+                "ours prequant": lambda: fp8.w8a8_block_fp8_matmul(q, *weights(), [128, 128], torch.bfloat16),
+                "cuBLAS per-tensor": lambda: torch._scaled_mm(
+                    q, per_tensor()[0].t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16
+                ),
+            }
+            if m > 1:  # cuBLAS rejects M=1 for block scaling
+                impls["cuBLAS block"] = lambda: scaled_mm_block(q, s_mmajor, *weights())
+            for impl, fn in impls.items():
+                try:
+                    ms = bench(fn)
+                except RuntimeError as e:
+                    rows.append(Row("dense", shape, impl, float("nan"), extra={"error": str(e)[:200]}))
+                    continue
+                rows.append(Row("dense", shape, impl, ms, tflops=flops / ms / 1e9, tbps=weight_bytes / ms / 1e9))
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"{'kernel':<14} {'shape':<22} {'impl':<18} {'ms':>9} {'TFLOPS':>8} {'TB/s':>6}")
+    for r in rows:
+        tf = f"{r.tflops:8.1f}" if r.tflops is not None else " " * 8
+        tb = f"{r.tbps:6.2f}" if r.tbps is not None else " " * 6
+        print(f"{r.kernel:<14} {r.shape:<22} {r.impl:<18} {r.ms:9.4f} {tf} {tb}")
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = [r for r in rows if r.kernel == "dense" and r.tflops == r.tflops]
+    fig, axes = plt.subplots(1, len(DENSE_SHAPES), figsize=(6 * len(DENSE_SHAPES), 4.5))
+    for ax, (n, k) in zip(axes, DENSE_SHAPES, strict=True):
+        for impl in sorted({r.impl for r in dense}):
+            pts = [(int(r.shape.split()[0][2:]), r.tflops) for r in dense if r.impl == impl and f"{n}x{k}" in r.shape]
+            if pts:
+                ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"N x K = {n} x {k}")
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("TFLOPS")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def environment() -> dict:
+    import triton
+
+    return {
+        "date": date.today().isoformat(),
+        "gpu": torch.cuda.get_device_name() if HAS_CUDA else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+    }
+
+
+def gpu_main(args) -> None:
+    fp8 = load_package()
+    rows: list[Row] = []
+    bench_act_quant(fp8, rows)
+    bench_dense(fp8, rows, args.m or DENSE_M)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    (OUT_DIR / "results.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1))
+    plot(rows, OUT_DIR / "results.png")
+    print(json.dumps(env))
+    print_table(rows)
+
+
+def cpu_demo() -> int:
+    """Small shapes through the interpreter, every kernel checked against the reference."""
+    import interpreter_shim
+    from reference import dequantize_activation, dequantize_weight, matmul_reference, quantize, quantize_weight
+
+    interpreter_shim.install()
+    fp8 = load_package()
+    torch.manual_seed(0)
+    checks = []
+    x = torch.randn(33, 1000, dtype=torch.bfloat16)
+    q, s = fp8.fp8_act_quant(x, 128)
+    q_ref, s_ref = quantize(x, 128)
+    exact = torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)
+    checks.append(("fp8_act_quant 33x1000 bf16", "codes+scales bitwise", 0.0 if exact else 1.0, 0.0))
+    for m in (1, 16, 80):
+        w_q, w_s = quantize_weight(torch.randn(320, 640), (128, 128))
+        a = torch.randn(m, 640, dtype=torch.bfloat16)
+        out = fp8.matmul_2d(a, w_q, w_s, [128, 128], torch.float32)
+        a_q, a_s = quantize(a, 128)
+        ref = matmul_reference(dequantize_activation(a_q, a_s, 128), dequantize_weight(w_q, w_s, (128, 128)))
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        checks.append((f"matmul_2d M={m} 320x640", "rel. Frobenius error", err, 1e-6))
+    print(f"{'check':<28} {'measure':<22} {'value':>10} {'limit':>8}  result")
+    ok = True
+    for name, measure, value, limit in checks:
+        passed = value <= limit
+        ok &= passed
+        print(f"{name:<28} {measure:<22} {value:10.2e} {limit:8.0e}  {'ok' if passed else 'FAIL'}")
+    print("CPU demo (Triton interpreter): " + ("all results match the reference" if ok else "MISMATCH"))
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m", type=int, action="append", help="dense token counts to time (default: PERFORMANCE.md's)")
+    args = parser.parse_args()
+    if HAS_CUDA:
+        gpu_main(args)
+    else:
+        sys.exit(cpu_demo())
+
+
+if __name__ == "__main__":
+    main()
