@@ -2,8 +2,9 @@
 """The project's benchmark runner (the main job; ``scripts/run.sh`` builds and calls it).
 
 On a CUDA GPU: times every kernel of the package on the shapes of PERFORMANCE.md next to the torch
-peers in the same process (``triton.testing.do_bench`` medians, weights rotated through more memory
-than L2 holds), prints a table, writes ``benchmarks/out/results.json`` and ``results.png``.
+peers in the same process (median of CUDA-graph replays, so launch overhead is excluded; operands
+rotated through more memory than L2 holds), prints a table, writes ``benchmarks/out/results.json``
+and ``results.png``. Decode sizes also get an eager time of our call, launch overhead included.
 On a CPU: a small demo through Triton's interpreter whose results are checked against the
 plain-torch reference (exit status 1 on a mismatch).
 """
@@ -57,23 +58,39 @@ def load_package():
     return kernels.get_kernel(REPO_ID, version=1)
 
 
-def bench(fn: Callable[[], object]) -> float:
-    """Median milliseconds of ``fn`` on the GPU."""
+def bench(make_call: Callable[[], Callable[[], object]], bytes_each: int = 0, replays: int = 20) -> float:
+    """GPU time of one call without launch overhead, in milliseconds (median of graph replays).
+
+    ``make_call()`` returns a call over fresh operands; enough of them to move more than twice the
+    L2 cache (``bytes_each`` per call) are captured back to back in one CUDA graph, so the numbers
+    exclude Python and launch overhead and never read operands from L2 left by the previous call.
+    """
+    copies = max(1, -(-2 * L2_BYTES // max(bytes_each, 1)))
+    calls = [make_call() for _ in range(copies)]
+    for call in calls:  # compile and warm up outside the capture
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / copies)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_eager(call: Callable[[], object]) -> float:
+    """Median eager time of one call (launch overhead included), in milliseconds."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
-
-
-def rotating(make: Callable[[], tuple], bytes_each: int) -> Callable[[], tuple]:
-    """Cycle through enough copies of ``make()`` that one pass exceeds twice the L2 cache."""
-    copies = [make() for _ in range(max(1, -(-2 * L2_BYTES // max(bytes_each, 1))))]
-    state = {"i": 0}
-
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(copies)
-        return copies[state["i"]]
-
-    return nxt
+    return triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
 
 
 def random_weight(n: int, k: int, device: str):
@@ -88,14 +105,39 @@ def bench_act_quant(fp8, rows: list[Row]) -> None:
     from reference import quantize
 
     m, k = 4096, 7168
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     moved = m * k * 2 + m * k + m * (k // 128) * 4
-    ours = bench(lambda: fp8.fp8_act_quant(x, 128))
-    torch_eager = bench(lambda: quantize(x, 128))
-    torch_compiled_fn = torch.compile(lambda t: quantize(t, 128))
-    torch_compiled = bench(lambda: torch_compiled_fn(x))
-    for impl, ms in [("ours", ours), ("torch eager", torch_eager), ("torch.compile", torch_compiled)]:
-        rows.append(Row("fp8_act_quant", f"{m}x{k} bf16", impl, ms, tbps=moved / ms / 1e9))
+    compiled = torch.compile(lambda t: quantize(t, 128))
+
+    def operands():
+        return torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+    impls = {
+        "ours": lambda: (lambda x: lambda: fp8.fp8_act_quant(x, 128))(operands()),
+        "torch eager": lambda: (lambda x: lambda: quantize(x, 128))(operands()),
+        "torch.compile": lambda: (lambda x: lambda: compiled(x))(operands()),
+    }
+    for impl, make in impls.items():
+        record(rows, "fp8_act_quant", f"{m}x{k} bf16", impl, lambda make=make: bench(make, m * k * 3), tbps_bytes=moved)
+
+
+def record(rows: list[Row], kernel: str, shape: str, impl: str, timed, flops: int = 0, tbps_bytes: int = 0) -> None:
+    """Time one implementation; a failure is recorded (and printed), never fatal."""
+    try:
+        ms = timed()
+    except Exception as e:
+        print(f"  {kernel} {shape} {impl}: {type(e).__name__}: {str(e)[:160]}")
+        rows.append(Row(kernel, shape, impl, float("nan"), extra={"error": str(e)[:300]}))
+        return
+    rows.append(
+        Row(
+            kernel,
+            shape,
+            impl,
+            ms,
+            tflops=flops / ms / 1e9 if flops else None,
+            tbps=tbps_bytes / ms / 1e9 if tbps_bytes else None,
+        )
+    )
 
 
 def scaled_mm_block(a_q, a_s_mmajor, b, b_s):
@@ -104,33 +146,36 @@ def scaled_mm_block(a_q, a_s_mmajor, b, b_s):
 
 
 def bench_dense(fp8, rows: list[Row], m_values: list[int]) -> None:
+    one = torch.ones((), device="cuda")
     for n, k in DENSE_SHAPES:
-        weights = rotating(lambda n=n, k=k: random_weight(n, k, "cuda"), n * k)
-        per_tensor = rotating(lambda n=n, k=k: (torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn),), n * k)
         for m in m_values:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             q, s = fp8.fp8_act_quant(x, 128)
             s_mmajor = s.t().contiguous().t()
-            flops = 2 * m * n * k
-            weight_bytes = n * k
             shape = f"M={m} {n}x{k}"
-            one = torch.ones((), device="cuda")
-            impls: dict[str, Callable[[], object]] = {
-                "ours fused": lambda: fp8.matmul_2d(x, *weights(), [128, 128]),
-                "ours prequant": lambda: fp8.w8a8_block_fp8_matmul(q, *weights(), [128, 128], torch.bfloat16),
-                "cuBLAS per-tensor": lambda: torch._scaled_mm(
-                    q, per_tensor()[0].t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16
+
+            def with_weights(body):
+                return lambda: (lambda w, ws: lambda: body(w, ws))(*random_weight(n, k, "cuda"))
+
+            impls = {
+                "ours fused": with_weights(lambda w, ws: fp8.matmul_2d(x, w, ws, [128, 128])),
+                "ours prequant": with_weights(
+                    lambda w, ws: fp8.w8a8_block_fp8_matmul(q, w, s, ws, [128, 128], torch.bfloat16)
+                ),
+                "cuBLAS per-tensor": with_weights(
+                    lambda w, ws: torch._scaled_mm(q, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
                 ),
             }
             if m > 1:  # cuBLAS rejects M=1 for block scaling
-                impls["cuBLAS block"] = lambda: scaled_mm_block(q, s_mmajor, *weights())
-            for impl, fn in impls.items():
-                try:
-                    ms = bench(fn)
-                except RuntimeError as e:
-                    rows.append(Row("dense", shape, impl, float("nan"), extra={"error": str(e)[:200]}))
-                    continue
-                rows.append(Row("dense", shape, impl, ms, tflops=flops / ms / 1e9, tbps=weight_bytes / ms / 1e9))
+                impls["cuBLAS block"] = with_weights(lambda w, ws: scaled_mm_block(q, s_mmajor, w, ws))
+            for impl, make in impls.items():
+                record(rows, "dense", shape, impl, lambda make=make: bench(make, n * k), 2 * m * n * k, n * k)
+            if m <= 16:
+                w, ws = random_weight(n, k, "cuda")
+                record(
+                    rows, "dense", shape, "ours fused, eager",
+                    lambda w=w, ws=ws: bench_eager(lambda: fp8.matmul_2d(x, w, ws, [128, 128])), 2 * m * n * k, n * k,
+                )  # fmt: skip
 
 
 def print_table(rows: list[Row]) -> None:

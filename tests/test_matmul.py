@@ -7,7 +7,10 @@ import torch
 from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
 from reference import FP8, dequantize_activation, dequantize_weight, matmul_reference, quantize, quantize_weight
 
-TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+# Errors relative to the row's largest output. float32 output: the interpreter accumulates exactly
+# in float32; Hopper's FP8 wgmma accumulates each 128-wide K block with about 14 mantissa bits before
+# the float32 scale-and-add (the same numerics as DeepGEMM), measured at 4e-4 on the H100.
+TOL = {torch.float32: 1e-3 if HAS_CUDA else 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3 if HAS_CUDA else 1e-3}
 
 
 def make_weight(n, k, block, gen, device, ue8m0=False):

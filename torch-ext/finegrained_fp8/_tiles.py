@@ -35,18 +35,14 @@ class GemmTiles:
 
 def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
     """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
-    if m <= 16:
-        block_m = 16
-    elif m <= 32:
-        block_m = 32
-    elif m <= 64:
-        block_m = 64
+    decode = m <= FUSED_QUANT_MAX_M
+    if decode:
+        # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
+        block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
+        block_n, num_warps, num_stages = 64, 4, 6
     else:
-        block_m = 128
-    block_n = 128
-    decode = block_m <= 64
-    num_warps = 4 if decode else 8
-    num_stages = 5 if decode else 4
+        # Measured on H100 (benchmarks/sweep_tiles.py): 256 x 64 with 8 warps beat 128 x 128.
+        block_m, block_n, num_warps, num_stages = 64, 256, 8, 4
     tiles = cdiv(n, block_n) * cdiv(m, block_m)
     k_blocks = cdiv(k, block_k)
     target_programs = multiprocessor_count(device) * (2 if decode else 1)
