@@ -47,5 +47,7 @@ def quantize_static(x, scale):
 def decode_scale(raw, IS_UE8M0: tl.constexpr):
     """Scales as float32: UE8M0 codes (loaded as uint8) become ``2 ** (code - 127)``."""
     if IS_UE8M0:
-        return (raw.to(tl.int32) << 23).to(tl.float32, bitcast=True)
-    return raw
+        scale = (raw.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+    else:
+        scale = raw
+    return scale

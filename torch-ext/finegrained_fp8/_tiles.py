@@ -16,9 +16,8 @@ from ._launch import cdiv, multiprocessor_count
 
 # Every split-K slice streams at least this many K blocks, so the pipeline has room to fill.
 _MIN_K_BLOCKS_PER_SPLIT = 4
-# Token counts up to this quantize activations inside the GEMM; above it a separate quantization
-# pass is cheaper than re-quantizing the same activation tile once per weight tile.
-FUSED_QUANT_MAX_M = 64
+# Up to this many tokens the GEMM streams weights (memory-bound); above it, it is compute-bound.
+DECODE_MAX_M = 64
 
 
 @dataclass(frozen=True)
@@ -35,14 +34,14 @@ class GemmTiles:
 
 def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
     """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
-    decode = m <= FUSED_QUANT_MAX_M
+    decode = m <= DECODE_MAX_M
     if decode:
         # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
         block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
         block_n, num_warps, num_stages = 64, 4, 6
     else:
-        # Measured on H100 (benchmarks/sweep_tiles.py): 256 x 64 with 8 warps beat 128 x 128.
-        block_m, block_n, num_warps, num_stages = 64, 256, 8, 4
+        # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
+        block_m, block_n, num_warps, num_stages = 64, 128, 4, 4
     tiles = cdiv(n, block_n) * cdiv(m, block_m)
     k_blocks = cdiv(k, block_k)
     target_programs = multiprocessor_count(device) * (2 if decode else 1)

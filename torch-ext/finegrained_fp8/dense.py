@@ -1,5 +1,10 @@
 """Dense W8A8 FP8 matmul: block-wise and per-tensor scales, pre-quantized or raw activations.
 
+Raw activations (``matmul_2d``) are quantized by the ``fp8_act_quant`` kernel, then multiplied.
+Quantizing inside the GEMM was measured slower on the H100 at every size (each weight tile's program
+re-quantizes the same activation tile: M=16, 18432x7168 took 83 us fused vs 64 us for the GEMM
+alone), while the separate pass costs a few microseconds at decode and ~1-2% at prefill.
+
 ``out[m, n] = sum_k dequant(x)[m, k] * dequant(w)[n, k]``, float32 accumulation. In block mode each
 K block of ``block_k`` is a fresh FP8 dot product, scaled by its activation and weight scales and
 added to a float32 accumulator (DeepSeek-V3 numerics).
@@ -14,8 +19,8 @@ from torch.library import triton_op, wrap_triton
 
 from ._launch import cdiv, on_device_of
 from ._ops import add_op_namespace_prefix, ops
-from ._quant import decode_scale, quantize_rows, quantize_static
-from ._tiles import FUSED_QUANT_MAX_M, GemmTiles, gemm_tiles
+from ._quant import decode_scale
+from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
     FP8_DTYPE,
@@ -27,11 +32,6 @@ from ._validation import (
     resolve_block_size,
 )
 from .act_quant import as_rows, launch_act_quant
-
-# How the kernel gets FP8 activations (X_MODE).
-X_PREQUANTIZED = 0  # x is e4m3, xs holds its scales
-X_DYNAMIC = 1  # x is raw; quantized per row and K block inside the kernel
-X_STATIC = 2  # x is raw; quantized with the one per-tensor scale at xs
 
 
 @triton.jit
@@ -58,7 +58,6 @@ def _gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_N: tl.constexpr,
-    X_MODE: tl.constexpr,
     PER_K_SCALE: tl.constexpr,
     WS_UE8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
@@ -89,9 +88,6 @@ def _gemm_kernel(
     x_rows = x_ptr + rows_m.to(tl.int64)[:, None] * stride_xm
     ws_rows = ws_ptr + (rows_n // scale_block_n) * stride_wsn
     xs_rows = xs_ptr + rows_m.to(tl.int64) * stride_xsm
-    if X_MODE == 2:
-        static_scale = tl.load(xs_ptr)
-
     kb_start = split * k_blocks_per_split
     kb_end = min(kb_start + k_blocks_per_split, tl.cdiv(K, BLOCK_K))
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -104,24 +100,14 @@ def _gemm_kernel(
             k_ok = offs_k[None, :] < K
             w = tl.load(w_rows + offs_k[None, :], mask=k_ok, other=0.0)
             x = tl.load(x_rows + offs_k[None, :], mask=k_ok, other=0.0)
-        if X_MODE == 1:
-            x, x_scale = quantize_rows(x.to(tl.float32), False)
-        elif X_MODE == 2:
-            x = quantize_static(x.to(tl.float32), static_scale)
         if PER_K_SCALE:
-            if X_MODE == 0:
-                x_scale = tl.load(xs_rows + kb * stride_xsk)
-            elif X_MODE == 2:
-                x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
+            x_scale = tl.load(xs_rows + kb * stride_xsk)
             w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk), WS_UE8M0)
             acc += tl.dot(w, tl.trans(x)) * (w_scale[:, None] * x_scale[None, :])
         else:
             acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
     if not PER_K_SCALE:
-        if X_MODE == 0:
-            x_scale = tl.load(xs_rows)
-        else:
-            x_scale = tl.full((BLOCK_M,), 1.0, tl.float32) * static_scale
+        x_scale = tl.load(xs_rows)
         w_scale = decode_scale(tl.load(ws_rows), WS_UE8M0)
         acc = acc * (w_scale[:, None] * x_scale[None, :])
 
@@ -155,7 +141,6 @@ def launch_gemm(
     xs: torch.Tensor,
     out: torch.Tensor,
     block: tuple[int, int] | None,
-    x_mode: int,
     tiles: GemmTiles | None = None,
 ) -> None:
     """Compute ``out (M, N) = x (M, K) @ w (N, K).T`` with scales; launch under x's device.
@@ -173,8 +158,6 @@ def launch_gemm(
     ws = ws.view(torch.uint8) if ws_ue8m0 else ws
     ws, stride_wsn, stride_wsk = _scale_strides(ws, cdiv(n, block[0]) if per_k_scale else 1)
     xs, stride_xsm, stride_xsk = _scale_strides(xs, m)
-    if x_mode == X_STATIC:
-        stride_xsm = stride_xsk = 0
     split = tiles.split_k
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
     grid = (cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), split)
@@ -187,7 +170,7 @@ def launch_gemm(
             m * n, out.stride(0),
             block[0] if per_k_scale else n, tiles.k_blocks_per_split,
             BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
-            X_MODE=x_mode, PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )  # fmt: skip
         if split > 1:
@@ -214,7 +197,7 @@ def _fp8_matmul(
 ) -> torch.Tensor:
     n = b.shape[0]
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    launch_gemm(b, b_s, as_rows(a), a_s, out.view(-1, n), _block_arg(block_n, block_k), X_PREQUANTIZED)
+    launch_gemm(b, b_s, as_rows(a), a_s, out.view(-1, n), _block_arg(block_n, block_k))
     return out
 
 
@@ -233,17 +216,12 @@ def _fp8_matmul_fused(
     x = as_rows(a)
     m = x.shape[0]
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    out2d = out.view(-1, n)
     static = activation_scale is not None
-    if block is not None and m <= FUSED_QUANT_MAX_M:
-        x_mode = X_STATIC if static else X_DYNAMIC
-        launch_gemm(b, b_s, x, activation_scale if static else x, out2d, block, x_mode)
-        return out
     group = k if block is None else block[1]
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=a.device)
     x_s = activation_scale if static else torch.empty((m, cdiv(k, group)), dtype=torch.float32, device=a.device)
     launch_act_quant(x, q, x_s, group, static, False)
-    launch_gemm(b, b_s, q, x_s, out2d, block, X_PREQUANTIZED)
+    launch_gemm(b, b_s, q, x_s, out.view(-1, n), block)
     return out
 
 
@@ -351,9 +329,8 @@ def matmul_2d(
             per row in per-tensor mode, exactly as ``fp8_act_quant``); a one-element float32 tensor
             for the static scheme (``q = clamp(A / activation_scale)``).
 
-    Up to 64 rows the quantization runs inside the matmul kernel (one launch); above that a
-    quantization pass runs first, which is cheaper than quantizing each activation tile once per
-    weight tile. Results are identical either way.
+    Two launches: ``fp8_act_quant``'s kernel, then the matmul (see the module docstring for why),
+    so the codes and scales are exactly those of ``fp8_act_quant``.
     """
     check_tensor("A", A, ACTIVATION_DTYPES, min_ndim=1)
     block = _check_weights("A", A, B, Bs, block_size)
