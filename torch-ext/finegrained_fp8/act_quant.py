@@ -53,18 +53,23 @@ def _act_quant_kernel(
     tl.store(q_ptr + rows64[:, None] * K + cols[None, :], q, mask=mask)
 
 
-def launch_act_quant(x2d: torch.Tensor, q: torch.Tensor, s: torch.Tensor, group: int, static: bool, pow2: bool) -> None:
-    """Quantize ``x2d`` (M, K), unit stride along K, into ``q`` (M, K) e4m3 contiguous.
+def quantize_2d(
+    x2d: torch.Tensor, group: int, static_scale: torch.Tensor | None = None, power_of_two_scale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x2d`` (M, K), unit stride along K, with one launch.
 
-    Dynamic (``static=False``): ``s`` is (M, ceil(K / group)) float32, written. Static: ``s`` holds
-    the per-tensor scale, read.
+    Returns ``(q, s)``: q (M, K) e4m3 contiguous; s the (M, ceil(K / group)) float32 group scales
+    (dynamic), or ``static_scale`` itself, the one per-tensor scale the kernel read (static).
     """
     m, k = x2d.shape
+    static = static_scale is not None
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=x2d.device)
+    num_groups = cdiv(k, group)
+    s = static_scale if static else torch.empty((m, num_groups), dtype=torch.float32, device=x2d.device)
     if m == 0 or k == 0:
-        return
+        return q, s
     block_g = next_power_of_two(group)
     block_m = max(1, min(next_power_of_two(m), _ELEMENTS_PER_PROGRAM // block_g))
-    num_groups = cdiv(k, group)
     with on_device_of(x2d):
         wrap_triton(_act_quant_kernel)[(cdiv(m, block_m), num_groups)](
             x2d,
@@ -78,9 +83,10 @@ def launch_act_quant(x2d: torch.Tensor, q: torch.Tensor, s: torch.Tensor, group:
             BLOCK_M=block_m,
             BLOCK_G=block_g,
             STATIC_SCALE=static,
-            POWER_OF_TWO_SCALE=pow2,
+            POWER_OF_TWO_SCALE=power_of_two_scale,
             num_warps=8 if block_m * block_g >= 8192 else 4,
         )
+    return q, s
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +99,8 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
 
 @triton_op(add_op_namespace_prefix("fp8_act_quant"), mutates_args=())
 def _fp8_act_quant(x: torch.Tensor, block_size: int, power_of_two_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    k = x.shape[-1]
-    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
-    s = torch.empty((*x.shape[:-1], cdiv(k, block_size)), dtype=torch.float32, device=x.device)
-    launch_act_quant(as_rows(x), q.view(-1, k), s.view(-1, s.shape[-1]), block_size, False, power_of_two_scale)
-    return q, s
+    q, s = quantize_2d(as_rows(x), block_size, power_of_two_scale=power_of_two_scale)
+    return q.view(x.shape), s.view(*x.shape[:-1], s.shape[-1])
 
 
 def fp8_act_quant(

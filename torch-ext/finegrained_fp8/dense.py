@@ -31,7 +31,7 @@ from ._validation import (
     check_weight_scale,
     resolve_block_size,
 )
-from .act_quant import as_rows, launch_act_quant
+from .act_quant import as_rows, quantize_2d
 
 
 @triton.jit
@@ -214,13 +214,8 @@ def _fp8_matmul_fused(
     n, k = b.shape
     block = _block_arg(block_n, block_k)
     x = as_rows(a)
-    m = x.shape[0]
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    static = activation_scale is not None
-    group = k if block is None else block[1]
-    q = torch.empty((m, k), dtype=FP8_DTYPE, device=a.device)
-    x_s = activation_scale if static else torch.empty((m, cdiv(k, group)), dtype=torch.float32, device=a.device)
-    launch_act_quant(x, q, x_s, group, static, False)
+    q, x_s = quantize_2d(x, k if block is None else block[1], activation_scale)
     launch_gemm(b, b_s, q, x_s, out.view(-1, n), block)
     return out
 
