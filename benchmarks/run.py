@@ -34,6 +34,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 DENSE_SHAPES = [(18432, 7168), (7168, 18432), (24576, 1536)]
 DENSE_M = [1, 16, 128, 1024, 4096]
 L2_BYTES = 50 * 2**20
+# MoE expert shapes of PERFORMANCE.md: (experts, N, K) per projection; top-8 routing.
+MOE_SHAPES = {
+    "DSv3 gate_up": (256, 4096, 7168),
+    "DSv3 down": (256, 7168, 2048),
+    "Qwen3-30B gate_up": (128, 1536, 2048),
+    "Qwen3-30B down": (128, 2048, 768),
+}
+MOE_TOKENS = [1, 32, 128, 512, 4096, 8192]
+TOP_K = 8
+BATCHED_MAX_TOKENS = 512
 
 
 @dataclass
@@ -178,12 +188,75 @@ def bench_dense(fp8, rows: list[Row], m_values: list[int]) -> None:
                 )  # fmt: skip
 
 
+def top_k_routing(tokens: int, experts: int, skewed: bool = False) -> torch.Tensor:
+    """Expert ids (tokens * TOP_K,) of a random router; skewed: expert 0 takes half of the rows."""
+    ids = torch.rand(tokens, experts, device="cuda").topk(TOP_K, dim=1).indices
+    if skewed:
+        ids[: tokens // 2, 0] = 0
+        ids[: tokens // 2, 1:] = torch.rand(tokens // 2, experts - 1, device="cuda").topk(TOP_K - 1, dim=1).indices + 1
+    return ids.reshape(-1)
+
+
+def grouped_inputs(hidden: torch.Tensor, ids: torch.Tensor, experts: int):
+    """Transformers' grouped protocol: (rows sorted by expert, offsets int32, tokens_per_expert int32)."""
+    ids_sorted, perm = torch.sort(ids)
+    tokens_per_expert = torch.bincount(ids_sorted, minlength=experts).int()
+    return hidden[perm // TOP_K], torch.cumsum(tokens_per_expert, 0, dtype=torch.int32), tokens_per_expert
+
+
+def bench_moe(fp8, rows: list[Row], token_counts: list[int]) -> None:
+    """Batched (decode sizes) and grouped MoE projections against torch's bf16 grouped GEMM."""
+    for name, (experts, n, k) in MOE_SHAPES.items():
+        bench_moe_projection(fp8, rows, token_counts, name, experts, n, k)
+        torch.cuda.empty_cache()
+
+
+def bench_moe_projection(fp8, rows: list[Row], token_counts: list[int], name: str, experts: int, n: int, k: int):
+    from reference import quantize_weight
+
+    w_q = torch.empty(experts, n, k, dtype=torch.float8_e4m3fn, device="cuda")
+    w_s = torch.empty(experts, n // 128, k // 128, device="cuda")
+    for e in range(experts):
+        w_q[e], w_s[e] = quantize_weight(torch.randn(n, k, device="cuda"), (128, 128))
+    w_bf16_t = w_q.to(torch.bfloat16).transpose(-2, -1)  # (E, K, N) view, as _grouped_mm takes it
+    for tokens in token_counts:
+        flops = 2 * tokens * TOP_K * n * k
+        touched = top_k_routing(tokens, experts).unique().numel() * n * k
+        shape = f"{name} T={tokens}"
+
+        def routed(body, skewed=False):
+            def make():
+                hidden = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
+                ids = top_k_routing(tokens, experts, skewed)
+                a = hidden.repeat_interleave(TOP_K, 0)
+                a_sorted, offsets, tpe = grouped_inputs(hidden, ids, experts)
+                return lambda: body(a, ids, a_sorted, offsets, tpe)
+
+            return make
+
+        impls = {
+            "ours grouped": routed(lambda a, ids, xs, off, t: fp8.matmul_grouped(xs, w_q, w_s, off, t, [128, 128])),
+            "torch bf16 grouped": routed(lambda a, ids, xs, off, t: torch._grouped_mm(xs, w_bf16_t, offs=off)),
+        }
+        if tokens <= BATCHED_MAX_TOKENS:
+            impls["ours batched"] = routed(lambda a, ids, xs, off, t: fp8.matmul_batched(a, w_q, w_s, ids, [128, 128]))
+        if tokens >= 4096:
+            impls["ours grouped skewed"] = routed(
+                lambda a, ids, xs, off, t: fp8.matmul_grouped(xs, w_q, w_s, off, t, [128, 128]), skewed=True
+            )
+        for impl, make in impls.items():
+            record(rows, "moe", shape, impl, lambda make=make: bench(make, touched), flops, touched)
+        if tokens == 1:
+            call = routed(lambda a, ids, xs, off, t: fp8.matmul_batched(a, w_q, w_s, ids, [128, 128]))()
+            record(rows, "moe", shape, "ours batched, eager", lambda call=call: bench_eager(call), flops, touched)
+
+
 def print_table(rows: list[Row]) -> None:
-    print(f"{'kernel':<14} {'shape':<22} {'impl':<18} {'ms':>9} {'TFLOPS':>8} {'TB/s':>6}")
+    print(f"{'kernel':<14} {'shape':<26} {'impl':<20} {'ms':>9} {'TFLOPS':>8} {'TB/s':>6}")
     for r in rows:
         tf = f"{r.tflops:8.1f}" if r.tflops is not None else " " * 8
         tb = f"{r.tbps:6.2f}" if r.tbps is not None else " " * 6
-        print(f"{r.kernel:<14} {r.shape:<22} {r.impl:<18} {r.ms:9.4f} {tf} {tb}")
+        print(f"{r.kernel:<14} {r.shape:<26} {r.impl:<20} {r.ms:9.4f} {tf} {tb}")
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -224,8 +297,12 @@ def environment() -> dict:
 def gpu_main(args) -> None:
     fp8 = load_package()
     rows: list[Row] = []
-    bench_act_quant(fp8, rows)
-    bench_dense(fp8, rows, args.m or DENSE_M)
+    if "act_quant" in args.only:
+        bench_act_quant(fp8, rows)
+    if "dense" in args.only:
+        bench_dense(fp8, rows, args.m or DENSE_M)
+    if "moe" in args.only:
+        bench_moe(fp8, rows, args.tokens or MOE_TOKENS)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     env = environment()
     (OUT_DIR / "results.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1))
@@ -269,6 +346,10 @@ def cpu_demo() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", type=int, action="append", help="dense token counts to time (default: PERFORMANCE.md's)")
+    parser.add_argument("--tokens", type=int, action="append", help="MoE token counts to time (top-8 routing)")
+    parser.add_argument(
+        "--only", nargs="+", choices=["act_quant", "dense", "moe"], default=["act_quant", "dense", "moe"]
+    )
     args = parser.parse_args()
     if HAS_CUDA:
         gpu_main(args)

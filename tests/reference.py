@@ -96,3 +96,28 @@ def quantize_weight(w: torch.Tensor, block: tuple[int, int] | None, ue8m0: bool 
 def matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """float64 ``a @ b.T`` for dequantized operands."""
     return a.double() @ b.double().transpose(-1, -2)
+
+
+def moe_reference(a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, expert_ids: torch.Tensor, block) -> torch.Tensor:
+    """float64 (S, N): row s quantized as fp8_act_quant (per block_k group, or per row in per-tensor
+    mode), dequantized and multiplied by expert ``expert_ids[s]``; rows with ids outside [0, E) are 0."""
+    group = a.shape[-1] if block is None else block[1]
+    q, s = quantize(a.cpu(), group)
+    rows = dequantize_activation(q, s, group)
+    weights = dequantize_weight(b.cpu(), bs.cpu(), block)
+    ids = expert_ids.cpu()
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
+    for e in range(b.shape[0]):
+        chosen = ids == e
+        out[chosen] = matmul_reference(rows[chosen], weights[e])
+    return out
+
+
+def group_by_expert(a: torch.Tensor, expert_ids: torch.Tensor, num_experts: int):
+    """Transformers' grouped-call protocol: (rows sorted by expert, offsets int32, tokens_per_expert
+    float32, sorted ids, perm). Sentinel ids (>= E) sort to the tail and are not counted."""
+    ids_sorted, perm = torch.sort(expert_ids)
+    counts = torch.bincount(ids_sorted.clamp(max=num_experts), minlength=num_experts + 1)
+    tokens_per_expert = counts[:num_experts].float()
+    offsets = torch.cumsum(tokens_per_expert, 0, dtype=torch.int32)
+    return a[perm], offsets, tokens_per_expert, ids_sorted, perm

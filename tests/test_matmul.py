@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checks import assert_matches, make_activation, make_weight
 from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
 from reference import (
     FP8,
@@ -12,35 +13,7 @@ from reference import (
     matmul_reference,
     quantize,
     quantize_static,
-    quantize_weight,
 )
-
-# Errors relative to the row's largest output. float32 output: the interpreter accumulates exactly
-# in float32; Hopper's FP8 wgmma accumulates each 128-wide K block with about 14 mantissa bits before
-# the float32 scale-and-add (the same numerics as DeepGEMM), measured at 4e-4 on the H100.
-TOL = {torch.float32: 1e-3 if HAS_CUDA else 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3 if HAS_CUDA else 1e-3}
-
-
-def make_weight(n, k, block, gen, device, ue8m0=False):
-    w = torch.randn(n, k, generator=gen) * torch.exp2(torch.randint(-4, 5, (n, 1), generator=gen).float())
-    q, s = quantize_weight(w, block, ue8m0)
-    return q.to(device), s.to(device)
-
-
-def make_activation(shape, dtype, gen, device):
-    x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-6, 7, (*shape[:-1], 1), generator=gen).float())
-    return x.to(dtype).to(device)
-
-
-def assert_matches(out, ref, out_dtype):
-    """Elementwise within the output dtype's rounding, relative to the row's magnitude."""
-    assert out.dtype == out_dtype
-    assert out.shape == ref.shape
-    assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN outputs"
-    ref = ref.to(out_dtype).double()
-    scale = ref.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    err = ((out.cpu().double() - ref) / scale).abs().max().item()
-    assert err <= TOL[out_dtype], f"max error {err:.3g} relative to the row amax"
 
 
 def block_reference(a_q, a_s, b, b_s, block, group):

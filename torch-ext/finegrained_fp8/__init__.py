@@ -13,12 +13,30 @@ from .dense import (
     w8a8_fp8_matmul,
     w8a8_tensor_fp8_matmul,
 )
+from .moe import (
+    matmul_batched,
+    matmul_grouped,
+    w8a8_block_fp8_matmul_batched,
+    w8a8_block_fp8_matmul_grouped,
+    w8a8_fp8_matmul_batched,
+    w8a8_fp8_matmul_grouped,
+    w8a8_tensor_fp8_matmul_batched,
+    w8a8_tensor_fp8_matmul_grouped,
+)
 
 __all__ = [
     "fp8_act_quant",
     "matmul",
     "matmul_2d",
+    "matmul_batched",
+    "matmul_grouped",
     "w8a8_block_fp8_matmul",
+    "w8a8_block_fp8_matmul_batched",
+    "w8a8_block_fp8_matmul_grouped",
     "w8a8_fp8_matmul",
+    "w8a8_fp8_matmul_batched",
+    "w8a8_fp8_matmul_grouped",
     "w8a8_tensor_fp8_matmul",
+    "w8a8_tensor_fp8_matmul_batched",
+    "w8a8_tensor_fp8_matmul_grouped",
 ]

@@ -23,23 +23,30 @@ def round_scale_up_to_power_of_two(s):
 
 
 @triton.jit
+def dynamic_scale(amax, POWER_OF_TWO_SCALE: tl.constexpr):
+    """The dequantization scale of a group with largest magnitude ``amax``: ``max(amax / 448, 1e-12)``."""
+    s = tl.maximum(tl.div_rn(amax, FP8_MAX), SCALE_FLOOR)
+    if POWER_OF_TWO_SCALE:
+        s = round_scale_up_to_power_of_two(s)
+    return s
+
+
+@triton.jit
 def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
     """Quantize each row of ``x`` ([R, G] float32, one group per row) to e4m3.
 
     Returns ``(q [R, G] float8e4nv, s [R] float32)`` with ``x ~= q * s[:, None]``. Masked-out
     elements must be loaded as 0 so that they do not change the row's amax.
     """
-    amax = tl.max(tl.abs(x), axis=1)
-    s = tl.maximum(tl.div_rn(amax, FP8_MAX), SCALE_FLOOR)
-    if POWER_OF_TWO_SCALE:
-        s = round_scale_up_to_power_of_two(s)
+    s = dynamic_scale(tl.max(tl.abs(x), axis=1), POWER_OF_TWO_SCALE)
     q = tl.clamp(tl.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     return q, s
 
 
 @triton.jit
 def quantize_static(x, scale):
-    """Quantize ``x`` (float32, any shape) with one per-tensor ``scale``: ``e4m3(clamp(x / scale))``."""
+    """Quantize ``x`` (float32) with a given ``scale`` (one per tensor, or broadcast per row):
+    ``e4m3(clamp(x / scale))``."""
     return tl.clamp(tl.div_rn(x, scale), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
 
 

@@ -32,16 +32,19 @@ class GemmTiles:
     group_n: int  # weight tiles that consecutive programs share (L2 reuse)
 
 
+def _tile_shape(m: int) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages) for ``m`` tokens sharing one weight matrix."""
+    if m <= DECODE_MAX_M:
+        # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
+        return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, 6
+    # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
+    return 64, 128, 4, 4
+
+
 def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
     """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
     decode = m <= DECODE_MAX_M
-    if decode:
-        # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
-        block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
-        block_n, num_warps, num_stages = 64, 4, 6
-    else:
-        # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
-        block_m, block_n, num_warps, num_stages = 64, 128, 4, 4
+    block_m, block_n, num_warps, num_stages = _tile_shape(m)
     tiles = cdiv(n, block_n) * cdiv(m, block_m)
     k_blocks = cdiv(k, block_k)
     target_programs = multiprocessor_count(device) * (2 if decode else 1)
@@ -55,5 +58,25 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
         num_stages=num_stages,
         split_k=cdiv(k_blocks, per_split),
         k_blocks_per_split=per_split,
+        group_n=8,
+    )
+
+
+def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
+    """Tiles for the expert GEMMs: ``rows`` routed rows spread over ``experts`` weight matrices.
+
+    The routing is unknown on the host (the grid must not depend on it), so the token tile is sized
+    for the average rows per touched expert; no split-K (the experts already give enough programs).
+    """
+    rows_per_expert = cdiv(rows, max(1, min(rows, experts)))
+    block_m, block_n, num_warps, num_stages = _tile_shape(rows_per_expert)
+    return GemmTiles(
+        block_n=block_n,
+        block_m=block_m,
+        block_k=block_k,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        split_k=1,
+        k_blocks_per_split=cdiv(k, block_k),
         group_n=8,
     )

@@ -136,3 +136,11 @@ def check_k_matches(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) 
     if a.shape[-1] != k:
         raise ValueError(f"{a_name} has K={a.shape[-1]} in its last dimension but {b_name} has K={k}; they must match")
     return k
+
+
+def check_vector(name: str, t: object, dtypes: Sequence[torch.dtype], length: int, length_of: str) -> torch.Tensor:
+    """Check that ``t`` is a 1-D tensor of one of ``dtypes`` holding ``length`` entries (``length_of`` says why)."""
+    check_tensor(name, t, dtypes, ndim=1)
+    if t.shape[0] != length:
+        raise ValueError(f"{name} must have {length} entries ({length_of}), got {t.shape[0]}")
+    return t

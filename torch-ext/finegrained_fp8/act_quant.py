@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._launch import cdiv, next_power_of_two, on_device_of
+from ._launch import cdiv, next_power_of_two, on_device_of, with_unit_k_stride
 from ._ops import add_op_namespace_prefix, ops
 from ._quant import quantize_rows, quantize_static
 from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
@@ -91,10 +91,7 @@ def quantize_2d(
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """View ``x`` (..., K) as (M, K) with unit stride along K (copies only when it must)."""
-    x2d = x.reshape(-1, x.shape[-1])
-    if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    return x2d
+    return with_unit_k_stride(x.reshape(-1, x.shape[-1]))
 
 
 @triton_op(add_op_namespace_prefix("fp8_act_quant"), mutates_args=())

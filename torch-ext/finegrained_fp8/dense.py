@@ -17,9 +17,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._launch import cdiv, on_device_of
+from ._gemm_core import scaled_tile_product, tile_coordinates
+from ._launch import block_from_op_args, block_to_op_args, cdiv, on_device_of, with_unit_k_stride
 from ._ops import add_op_namespace_prefix, ops
-from ._quant import decode_scale
 from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -69,48 +69,32 @@ def _gemm_kernel(
     xs activation scales [m, k block] through strides. out is (M, N) when there is one split, else
     a float32 workspace (splits, M, N) reduced by ``_sum_splits_kernel``.
     """
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    programs_per_group = GROUP_N * tiles_m
-    first_n = (pid // programs_per_group) * GROUP_N
-    group_width = min(tiles_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % programs_per_group) % group_width
-    pid_m = (pid % programs_per_group) // group_width
-
+    pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     # Rows past the edge wrap around to valid rows: loads need no row mask, and the store drops them.
     rows_n = offs_n % N
     rows_m = offs_m % M
-    w_rows = w_ptr + rows_n.to(tl.int64)[:, None] * stride_wn
-    x_rows = x_ptr + rows_m.to(tl.int64)[:, None] * stride_xm
-    ws_rows = ws_ptr + (rows_n // scale_block_n) * stride_wsn
-    xs_rows = xs_ptr + rows_m.to(tl.int64) * stride_xsm
     kb_start = split * k_blocks_per_split
-    kb_end = min(kb_start + k_blocks_per_split, tl.cdiv(K, BLOCK_K))
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for kb in range(kb_start, kb_end):
-        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-        if EVEN_K:
-            w = tl.load(w_rows + offs_k[None, :])
-            x = tl.load(x_rows + offs_k[None, :])
-        else:
-            k_ok = offs_k[None, :] < K
-            w = tl.load(w_rows + offs_k[None, :], mask=k_ok, other=0.0)
-            x = tl.load(x_rows + offs_k[None, :], mask=k_ok, other=0.0)
-        if PER_K_SCALE:
-            x_scale = tl.load(xs_rows + kb * stride_xsk)
-            w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk), WS_UE8M0)
-            acc += tl.dot(w, tl.trans(x)) * (w_scale[:, None] * x_scale[None, :])
-        else:
-            acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
-    if not PER_K_SCALE:
-        x_scale = tl.load(xs_rows)
-        w_scale = decode_scale(tl.load(ws_rows), WS_UE8M0)
-        acc = acc * (w_scale[:, None] * x_scale[None, :])
-
+    acc = scaled_tile_product(
+        w_ptr + rows_n.to(tl.int64)[:, None] * stride_wn,
+        ws_ptr + (rows_n // scale_block_n) * stride_wsn,
+        x_ptr + rows_m.to(tl.int64)[:, None] * stride_xm,
+        xs_ptr + rows_m.to(tl.int64) * stride_xsm,
+        K,
+        kb_start,
+        min(kb_start + k_blocks_per_split, tl.cdiv(K, BLOCK_K)),
+        stride_wsk,
+        stride_xsk,
+        BLOCK_N,
+        BLOCK_M,
+        BLOCK_K,
+        PER_K_SCALE,
+        WS_UE8M0,
+        EVEN_K,
+        QUANTIZE=False,
+    )
     out_ptrs = out_ptr + split * stride_out_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
 
@@ -180,11 +164,6 @@ def launch_gemm(
             )
 
 
-def _block_arg(block_n: int, block_k: int) -> tuple[int, int] | None:
-    """Ops carry the mode as two ints: (0, 0) means per-tensor weight scales."""
-    return None if block_n == 0 else (block_n, block_k)
-
-
 @triton_op(add_op_namespace_prefix("fp8_matmul"), mutates_args=())
 def _fp8_matmul(
     a: torch.Tensor,
@@ -197,7 +176,7 @@ def _fp8_matmul(
 ) -> torch.Tensor:
     n = b.shape[0]
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    launch_gemm(b, b_s, as_rows(a), a_s, out.view(-1, n), _block_arg(block_n, block_k))
+    launch_gemm(with_unit_k_stride(b), b_s, as_rows(a), a_s, out.view(-1, n), block_from_op_args(block_n, block_k))
     return out
 
 
@@ -212,11 +191,11 @@ def _fp8_matmul_fused(
     output_dtype: torch.dtype,
 ) -> torch.Tensor:
     n, k = b.shape
-    block = _block_arg(block_n, block_k)
+    block = block_from_op_args(block_n, block_k)
     x = as_rows(a)
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
     q, x_s = quantize_2d(x, k if block is None else block[1], activation_scale)
-    launch_gemm(b, b_s, q, x_s, out.view(-1, n), block)
+    launch_gemm(with_unit_k_stride(b), b_s, q, x_s, out.view(-1, n), block)
     return out
 
 
@@ -244,10 +223,6 @@ def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, block: t
             f"As must have shape {' or '.join(str(list(s)) for s in allowed)} (or be a single per-tensor scale) "
             f"for A of shape {list(a.shape)}, got {list(a_s.shape)}"
         )
-
-
-def _block_ints(block: tuple[int, int] | None) -> tuple[int, int]:
-    return block if block is not None else (0, 0)
 
 
 def w8a8_fp8_matmul(
@@ -278,7 +253,7 @@ def w8a8_fp8_matmul(
     _check_activation_scale(A, As, B.shape[1], block)
     check_output_dtype("output_dtype", output_dtype)
     check_devices(A=A, B=B, As=As, Bs=Bs)
-    return ops.fp8_matmul(A, B, As, Bs, *_block_ints(block), output_dtype)
+    return ops.fp8_matmul(A, B, As, Bs, *block_to_op_args(block), output_dtype)
 
 
 def w8a8_block_fp8_matmul(
@@ -337,7 +312,7 @@ def matmul_2d(
             )
     out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
     check_devices(A=A, B=B, Bs=Bs, activation_scale=activation_scale)
-    return ops.fp8_matmul_fused(A, B, Bs, activation_scale, *_block_ints(block), out_dtype)
+    return ops.fp8_matmul_fused(A, B, Bs, activation_scale, *block_to_op_args(block), out_dtype)
 
 
 matmul = matmul_2d

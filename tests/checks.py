@@ -1,0 +1,41 @@
+"""Shared test helpers: random operands and the tolerance check against the float64 reference."""
+
+from __future__ import annotations
+
+import torch
+from conftest import HAS_CUDA
+from reference import quantize_weight
+
+# Errors relative to the row's largest output. float32 output: the interpreter accumulates exactly
+# in float32; Hopper's FP8 wgmma accumulates each 128-wide K block with about 14 mantissa bits before
+# the float32 scale-and-add (the same numerics as DeepGEMM), measured at 4e-4 on the H100.
+TOL = {torch.float32: 1e-3 if HAS_CUDA else 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3 if HAS_CUDA else 1e-3}
+
+
+def make_weight(n, k, block, gen, device, ue8m0=False):
+    """(codes (N, K) e4m3, scales) of random weights whose rows span several binades."""
+    w = torch.randn(n, k, generator=gen) * torch.exp2(torch.randint(-4, 5, (n, 1), generator=gen).float())
+    q, s = quantize_weight(w, block, ue8m0)
+    return q.to(device), s.to(device)
+
+
+def make_expert_weights(experts, n, k, block, gen, device, ue8m0=False):
+    """Stacked (codes (E, N, K), scales (E, ...)): each expert quantized on its own."""
+    pairs = [make_weight(n, k, block, gen, device, ue8m0) for _ in range(experts)]
+    return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs]).reshape(experts, *pairs[0][1].shape)
+
+
+def make_activation(shape, dtype, gen, device):
+    x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-6, 7, (*shape[:-1], 1), generator=gen).float())
+    return x.to(dtype).to(device)
+
+
+def assert_matches(out, ref, out_dtype):
+    """Elementwise within the output dtype's rounding, relative to the row's magnitude."""
+    assert out.dtype == out_dtype
+    assert out.shape == ref.shape
+    assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN outputs"
+    ref = ref.to(out_dtype).double()
+    scale = ref.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    err = ((out.cpu().double() - ref) / scale).abs().max().item()
+    assert err <= TOL[out_dtype], f"max error {err:.3g} relative to the row amax"

@@ -1,0 +1,291 @@
+"""MoE expert matmuls (batched and grouped) against the per-row float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from checks import assert_matches, make_activation, make_expert_weights
+from conftest import OPCHECK_UTILS, requires_cuda
+from reference import group_by_expert, moe_reference
+
+BLOCK = (128, 128)
+
+
+def random_ids(rows, experts, gen, device, dtype=torch.int64, sentinels=0):
+    """Expert ids in [0, E), the last ``sentinels`` rows replaced by ids >= E (other ranks' experts)."""
+    ids = torch.randint(0, experts, (rows,), generator=gen)
+    if sentinels:
+        ids[-sentinels:] = experts + torch.randint(0, 3, (sentinels,), generator=gen)
+    return ids[torch.randperm(rows, generator=gen)].to(dtype).to(device)
+
+
+def grouped_call(fp8, a, b, bs, ids, block, tpe_dtype=torch.float32, output_dtype=None):
+    """Run matmul_grouped the way Transformers does; return (output in original row order, routed mask)."""
+    a_sorted, offsets, tpe, ids_sorted, perm = group_by_expert(a, ids, b.shape[0])
+    out_sorted = fp8.matmul_grouped(a_sorted, b, bs, offsets, tpe.to(tpe_dtype), block, output_dtype)
+    out = torch.empty_like(out_sorted)
+    out[perm] = out_sorted
+    routed = torch.empty_like(ids_sorted, dtype=torch.bool)
+    routed[perm] = ids_sorted < b.shape[0]
+    return out, routed
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("block", [BLOCK, (64, 128), None])
+@pytest.mark.parametrize("rows, experts, n, k", [(1, 4, 96, 256), (37, 5, 200, 300), (90, 3, 64, 130)])
+def test_batched(fp8, device, gen, dtype, block, rows, experts, n, k):
+    b, bs = make_expert_weights(experts, n, k, block, gen, device)
+    a = make_activation((rows, k), dtype, gen, device)
+    ids = random_ids(rows, experts, gen, device)
+    assert_matches(fp8.matmul_batched(a, b, bs, ids, block), moe_reference(a, b, bs, ids, block), dtype)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block", [BLOCK, (32, 32), None])
+@pytest.mark.parametrize("rows, experts, n, k", [(1, 4, 96, 256), (70, 6, 160, 200)])
+def test_grouped(fp8, device, gen, dtype, block, rows, experts, n, k):
+    b, bs = make_expert_weights(experts, n, k, block, gen, device)
+    a = make_activation((rows, k), dtype, gen, device)
+    ids = random_ids(rows, experts, gen, device)
+    out, _ = grouped_call(fp8, a, b, bs, ids, block)
+    assert_matches(out, moe_reference(a, b, bs, ids, block), dtype)
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_batched_sentinel_rows_are_zero(fp8, device, gen, id_dtype):
+    b, bs = make_expert_weights(4, 128, 256, BLOCK, gen, device)
+    a = make_activation((30, 256), torch.bfloat16, gen, device)
+    ids = random_ids(30, 4, gen, device, id_dtype, sentinels=9)
+    ids[0] = -1  # any id outside [0, E) is treated as another rank's expert
+    out = fp8.matmul_batched(a, b, bs, ids, BLOCK)
+    sentinel = (ids >= 4) | (ids < 0)
+    assert sentinel.sum() >= 9
+    assert torch.equal(out[sentinel], torch.zeros_like(out[sentinel]))
+    assert_matches(out, moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+
+
+def test_grouped_sentinel_tail_is_not_touched(fp8, device, gen):
+    b, bs = make_expert_weights(4, 128, 256, BLOCK, gen, device)
+    a = make_activation((30, 256), torch.bfloat16, gen, device)
+    ids = random_ids(30, 4, gen, device, sentinels=7)
+    out, routed = grouped_call(fp8, a, b, bs, ids, BLOCK, tpe_dtype=torch.int32)
+    assert routed.sum() == 23
+    assert_matches(out[routed], moe_reference(a, b, bs, ids, BLOCK)[routed.cpu()], torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "routing", ["one expert takes all", "empty experts", "skewed", "single expert", "many experts"]
+)
+def test_routings(fp8, device, gen, routing):
+    rows, n, k = 50, 96, 256
+    experts = {"single expert": 1, "many experts": 256}.get(routing, 8)
+    b, bs = make_expert_weights(experts, n, k, BLOCK, gen, device)
+    a = make_activation((rows, k), torch.bfloat16, gen, device)
+    if routing == "one expert takes all":
+        ids = torch.full((rows,), 5)
+    elif routing == "empty experts":
+        ids = torch.randint(0, 2, (rows,), generator=gen) * 7  # experts 0 and 7 only
+    elif routing == "skewed":
+        ids = torch.where(torch.rand(rows, generator=gen) < 0.5, 3, torch.randint(0, experts, (rows,), generator=gen))
+    else:
+        ids = torch.randint(0, experts, (rows,), generator=gen)
+    ids = ids.to(device)
+    ref = moe_reference(a, b, bs, ids, BLOCK)
+    batched = fp8.matmul_batched(a, b, bs, ids, BLOCK)
+    grouped, _ = grouped_call(fp8, a, b, bs, ids, BLOCK)
+    assert_matches(batched, ref, torch.bfloat16)
+    assert torch.equal(batched, grouped), "batched and grouped differ on the same routing"
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("block", [BLOCK, None])
+def test_batched_equals_grouped_bitwise(fp8, device, gen, block):
+    b, bs = make_expert_weights(6, 136, 384, block, gen, device)
+    a = make_activation((48, 384), torch.float32, gen, device)
+    ids = random_ids(48, 6, gen, device)
+    grouped, _ = grouped_call(fp8, a, b, bs, ids, block, output_dtype=torch.float32)
+    assert torch.equal(fp8.matmul_batched(a, b, bs, ids, block, torch.float32), grouped)
+
+
+def test_fused_quantization_equals_fp8_act_quant(fp8, device, gen):
+    """Rows quantized in the kernel give exactly what fp8_act_quant + the dense matmul give."""
+    b, bs = make_expert_weights(1, 192, 320, BLOCK, gen, device)
+    a = make_activation((20, 320), torch.bfloat16, gen, device)
+    ids = torch.zeros(20, dtype=torch.int64, device=device)
+    q, s = fp8.fp8_act_quant(a, 128)
+    dense = fp8.w8a8_block_fp8_matmul(q, b[0], s, bs[0], list(BLOCK), torch.float32)
+    moe = fp8.matmul_batched(a, b, bs, ids, BLOCK, torch.float32)
+    assert_matches(moe, moe_reference(a, b, bs, ids, BLOCK), torch.float32)
+    assert_matches(dense, moe_reference(a, b, bs, ids, BLOCK), torch.float32)
+
+
+def test_ue8m0_scales_and_strided_rows(fp8, device, gen):
+    b, bs = make_expert_weights(3, 128, 256, BLOCK, gen, device, ue8m0=True)
+    a = make_activation((12, 512), torch.bfloat16, gen, device)[:, ::2]  # K stride 2: copied, not misread
+    ids = random_ids(12, 3, gen, device)
+    assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+    out, _ = grouped_call(fp8, a, b, bs, ids, BLOCK)
+    assert_matches(out, moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+
+
+def test_dispatchers(fp8, device, gen):
+    """The Transformers 5.4-5.10 names, called with that release's keywords."""
+    b, bs = make_expert_weights(4, 128, 256, BLOCK, gen, device)
+    bt, bst = make_expert_weights(4, 128, 256, None, gen, device)
+    a = make_activation((10, 256), torch.bfloat16, gen, device)
+    ids = random_ids(10, 4, gen, device)
+    a_sorted, offsets, tpe, _, perm = group_by_expert(a, ids, 4)
+    ref, ref_t = moe_reference(a, b, bs, ids, BLOCK), moe_reference(a, bt, bst, ids, None)
+    assert_matches(fp8.w8a8_fp8_matmul_batched(a, b, bs, block_size=list(BLOCK), expert_ids=ids), ref, torch.bfloat16)
+    assert_matches(fp8.w8a8_block_fp8_matmul_batched(a, b, bs, ids, list(BLOCK)), ref, torch.bfloat16)
+    assert_matches(fp8.w8a8_tensor_fp8_matmul_batched(a, bt, bst.reshape(4, 1, 1), ids), ref_t, torch.bfloat16)
+    grouped = fp8.w8a8_fp8_matmul_grouped(
+        a_sorted, b, bs, tokens_per_expert=tpe, block_size=[128, 128], offsets=offsets
+    )
+    assert_matches(grouped, ref[perm.cpu()], torch.bfloat16)
+    grouped = fp8.w8a8_block_fp8_matmul_grouped(a_sorted, b, bs, offsets, tpe, [128, 128])
+    assert_matches(grouped, ref[perm.cpu()], torch.bfloat16)
+    grouped = fp8.w8a8_tensor_fp8_matmul_grouped(a_sorted, bt, bst, offsets, tpe)
+    assert_matches(grouped, ref_t[perm.cpu()], torch.bfloat16)
+
+
+def test_empty_rows(fp8, device, gen):
+    b, bs = make_expert_weights(2, 64, 128, BLOCK, gen, device)
+    a = torch.empty(0, 128, dtype=torch.bfloat16, device=device)
+    ids = torch.empty(0, dtype=torch.int64, device=device)
+    assert fp8.matmul_batched(a, b, bs, ids, BLOCK).shape == (0, 64)
+    offsets = torch.zeros(2, dtype=torch.int32, device=device)
+    assert fp8.matmul_grouped(a, b, bs, offsets, offsets, BLOCK).shape == (0, 64)
+
+
+def test_opcheck(fp8, device, gen):
+    utils = tuple(u for u in OPCHECK_UTILS if u != "test_schema")  # no torch.allclose for fp8 inputs
+    b, bs = make_expert_weights(3, 64, 256, BLOCK, gen, device)
+    a = make_activation((5, 256), torch.bfloat16, gen, device)
+    ids = random_ids(5, 3, gen, device)
+    torch.library.opcheck(fp8.ops.fp8_matmul_batched, (a, b, bs, ids, 128, 128, torch.bfloat16), test_utils=utils)
+    offsets = torch.tensor([2, 2, 5], dtype=torch.int32, device=device)
+    torch.library.opcheck(fp8.ops.fp8_matmul_grouped, (a, b, bs, offsets, 128, 128, torch.bfloat16), test_utils=utils)
+
+
+def _bad_moe_case(device, what):
+    """(function name, args) for a MoE entry point, valid except for ``what``."""
+    b = torch.zeros(4, 64, 256, device=device).to(torch.float8_e4m3fn)
+    bs = torch.ones(4, 1, 2, device=device)
+    a = torch.ones(6, 256, device=device)
+    ids = torch.zeros(6, dtype=torch.int64, device=device)
+    offsets = torch.tensor([6, 6, 6, 6], dtype=torch.int32, device=device)
+    block = [128, 128]
+    return {
+        "A rank": ("matmul_batched", (a[None], b, bs, ids, block)),
+        "A dtype": ("matmul_grouped", (a.to(torch.int32), b, bs, offsets, offsets, block)),
+        "B rank": ("matmul_batched", (a, b[0], bs, ids, block)),
+        "K mismatch": ("matmul_grouped", (a[:, :128], b, bs, offsets, offsets, block)),
+        "Bs shape": ("matmul_batched", (a, b, bs[:3], ids, block)),
+        "per-tensor Bs": ("matmul_batched", (a, b, torch.ones(3, device=device), ids, None)),
+        "ids dtype": ("matmul_batched", (a, b, bs, ids.float(), block)),
+        "ids length": ("matmul_batched", (a, b, bs, ids[:5], block)),
+        "ids rank": ("matmul_batched", (a, b, bs, ids[:, None], block)),
+        "offsets length": ("matmul_grouped", (a, b, bs, offsets[:3], offsets, block)),
+        "offsets dtype": ("matmul_grouped", (a, b, bs, offsets.float(), offsets, block)),
+        "tpe length": ("matmul_grouped", (a, b, bs, offsets, offsets[:2], block)),
+        "tpe dtype": ("matmul_grouped", (a, b, bs, offsets, offsets.to(torch.float16), block)),
+        "block_k": ("matmul_grouped", (a, b, bs, offsets, offsets, [128, 96])),
+        "block required": ("w8a8_block_fp8_matmul_batched", (a, b, bs, ids, None)),
+    }[what]
+
+
+BAD_MOE = [
+    ("A rank", ValueError, "A"),
+    ("A dtype", TypeError, "A"),
+    ("B rank", ValueError, "B"),
+    ("K mismatch", ValueError, "A"),
+    ("Bs shape", ValueError, "Bs"),
+    ("per-tensor Bs", ValueError, "Bs"),
+    ("ids dtype", TypeError, "expert_ids"),
+    ("ids length", ValueError, "expert_ids"),
+    ("ids rank", ValueError, "expert_ids"),
+    ("offsets length", ValueError, "offsets"),
+    ("offsets dtype", TypeError, "offsets"),
+    ("tpe length", ValueError, "tokens_per_expert"),
+    ("tpe dtype", TypeError, "tokens_per_expert"),
+    ("block_k", ValueError, r"block_size\[1\]"),
+    ("block required", ValueError, "block_size"),
+]
+
+
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("what, exc, name", BAD_MOE)
+def test_bad_input_is_refused(fp8, device, what, exc, name):
+    function, args = _bad_moe_case(device, what)
+    with pytest.raises(exc, match=rf"^{name}(?!\w)"):
+        getattr(fp8, function)(*args)
+
+
+@requires_cuda
+def test_compile_fullgraph(fp8, gen):
+    b, bs = make_expert_weights(8, 256, 512, BLOCK, gen, "cuda")
+    a = make_activation((24, 512), torch.bfloat16, gen, "cuda")
+    ids = random_ids(24, 8, gen, "cuda", sentinels=3)
+    a_sorted, offsets, tpe, _, _ = group_by_expert(a, ids, 8)
+
+    def both(x, e, xs, off, t):
+        return fp8.matmul_batched(x, b, bs, e, [128, 128]), fp8.matmul_grouped(xs, b, bs, off, t, [128, 128])
+
+    batched, grouped = torch.compile(both, fullgraph=True)(a, ids, a_sorted, offsets, tpe.int())
+    assert torch.equal(batched, fp8.matmul_batched(a, b, bs, ids, [128, 128]))
+    routed = int(offsets[-1])
+    assert torch.equal(grouped[:routed], fp8.matmul_grouped(a_sorted, b, bs, offsets, tpe, [128, 128])[:routed])
+
+
+@requires_cuda
+@pytest.mark.parametrize("rows", [8, 600])
+def test_cuda_graph_replay_with_new_routing(fp8, gen, rows):
+    """Captured once, replayed with different routing and values: same as eager calls."""
+    experts = 16
+    b, bs = make_expert_weights(experts, 256, 512, BLOCK, gen, "cuda")
+    a = make_activation((rows, 512), torch.bfloat16, gen, "cuda")
+    ids = random_ids(rows, experts, gen, "cuda", sentinels=2)
+    a_sorted, offsets, tpe, _, _ = group_by_expert(a, ids, experts)
+    tpe = tpe.int()
+    fp8.matmul_batched(a, b, bs, ids, BLOCK)  # compile outside the capture
+    fp8.matmul_grouped(a_sorted, b, bs, offsets, tpe, BLOCK)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        batched = fp8.matmul_batched(a, b, bs, ids, BLOCK)
+        grouped = fp8.matmul_grouped(a_sorted, b, bs, offsets, tpe, BLOCK)
+    for skew in (0.0, 0.9):
+        new_ids = random_ids(rows, experts, gen, "cuda", sentinels=5)
+        new_ids[torch.rand(rows, generator=gen).to("cuda") < skew] = 1
+        new_a = make_activation((rows, 512), torch.bfloat16, gen, "cuda")
+        new_sorted, new_offsets, new_tpe, _, _ = group_by_expert(new_a, new_ids, experts)
+        for dst, src in ((a, new_a), (ids, new_ids), (a_sorted, new_sorted), (offsets, new_offsets), (tpe, new_tpe)):
+            dst.copy_(src)
+        batched.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(batched, fp8.matmul_batched(new_a, b, bs, new_ids, BLOCK))
+        routed = int(new_offsets[-1])
+        eager = fp8.matmul_grouped(new_sorted, b, bs, new_offsets, new_tpe, BLOCK)
+        assert torch.equal(grouped[:routed], eager[:routed])
+
+
+@requires_cuda
+def test_expert_offsets_beyond_int32(fp8, gen):
+    """E * N * K > 2**31: rows routed to the last experts read the right weights."""
+    experts, n, k = 131, 4096, 4096
+    b = torch.empty(experts, n, k, dtype=torch.float8_e4m3fn, device="cuda")
+    last, last_s = make_expert_weights(2, n, k, BLOCK, gen, "cuda")
+    b[-2:] = last
+    bs = torch.ones(experts, n // 128, k // 128, device="cuda")
+    bs[-2:] = last_s
+    a = make_activation((6, k), torch.bfloat16, gen, "cuda")
+    ids = torch.tensor([129, 130, 130, 129, 130, 129], device="cuda")
+    ref = moe_reference(a, last, last_s, ids - 129, BLOCK)
+    assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), ref, torch.bfloat16)
+    out, _ = grouped_call(fp8, a, b, bs, ids, BLOCK, tpe_dtype=torch.int32)
+    assert_matches(out, ref, torch.bfloat16)

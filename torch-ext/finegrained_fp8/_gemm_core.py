@@ -1,0 +1,99 @@
+"""The GEMM main loop every matmul kernel shares (Triton device functions).
+
+Orientation: the accumulator is ``[BLOCK_N weight rows, BLOCK_M tokens]`` (weights on the 64-row
+side of Hopper's FP8 wgmma, so the token side can be as narrow as 16). Callers pass row pointers:
+``w_rows`` [BLOCK_N, 1] and ``x_rows`` [BLOCK_M, 1] point at the first element of each row (K is
+contiguous), ``ws_rows`` [BLOCK_N] and ``xs_rows`` [BLOCK_M] at each row's first scale. Rows past an
+edge must already point at valid rows (callers wrap or clamp them) so that loads need no row mask.
+"""
+
+import triton
+import triton.language as tl
+
+from ._quant import decode_scale, dynamic_scale, quantize_rows, quantize_static
+
+
+@triton.jit
+def tile_coordinates(pid, tiles_n, tiles_m, GROUP_N: tl.constexpr):
+    """Map a flat program id to (weight tile, token tile); GROUP_N consecutive programs share a token
+    tile band and walk GROUP_N weight tiles, so both operands are reused from L2."""
+    programs_per_group = GROUP_N * tiles_m
+    first_n = (pid // programs_per_group) * GROUP_N
+    group_width = min(tiles_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % programs_per_group) % group_width
+    pid_m = (pid % programs_per_group) // group_width
+    return pid_n, pid_m
+
+
+@triton.jit
+def _load_k_block(rows, offs_k, K, EVEN_K: tl.constexpr):
+    if EVEN_K:
+        block = tl.load(rows + offs_k[None, :])
+    else:
+        block = tl.load(rows + offs_k[None, :], mask=offs_k[None, :] < K, other=0.0)
+    return block
+
+
+@triton.jit
+def _row_scales(x_rows, K, kb_start, kb_end, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Per-row dynamic scales over the K blocks [kb_start, kb_end) of raw rows (one group per row)."""
+    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for kb in range(kb_start, kb_end):
+        x = _load_k_block(x_rows, kb * BLOCK_K + tl.arange(0, BLOCK_K), K, EVEN_K).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+    return dynamic_scale(amax, False)
+
+
+@triton.jit
+def scaled_tile_product(
+    w_rows,
+    ws_rows,
+    x_rows,
+    xs_rows,
+    K,
+    kb_start,
+    kb_end,
+    stride_wsk,
+    stride_xsk,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PER_K_SCALE: tl.constexpr,
+    WS_UE8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    QUANTIZE: tl.constexpr,
+):
+    """``sum over K blocks [kb_start, kb_end) of dequant(w) @ dequant(x).T`` as a float32 [BLOCK_N, BLOCK_M].
+
+    PER_K_SCALE (block mode): each K block is a fresh FP8 dot product scaled by its weight and
+    activation scales, then added in float32 (DeepSeek-V3 numerics). Otherwise (per-tensor mode):
+    one FP8 dot accumulates over all of K and the scales are applied once at the end.
+    QUANTIZE: x rows are raw (bf16/fp16/fp32) and are quantized here exactly as ``fp8_act_quant``
+    does (group = BLOCK_K in block mode; one group spanning K in per-tensor mode, which needs a
+    first pass over the row for its amax and therefore all of K in one program). Otherwise x rows are
+    e4m3 codes with scales at ``xs_rows`` (one per K block, or one per row in per-tensor mode).
+    """
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if QUANTIZE and not PER_K_SCALE:
+        x_scale = _row_scales(x_rows, K, kb_start, kb_end, BLOCK_M, BLOCK_K, EVEN_K)
+    for kb in range(kb_start, kb_end):
+        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        w = _load_k_block(w_rows, offs_k, K, EVEN_K)
+        x = _load_k_block(x_rows, offs_k, K, EVEN_K)
+        if PER_K_SCALE:
+            if QUANTIZE:
+                x, x_scale = quantize_rows(x.to(tl.float32), False)
+            else:
+                x_scale = tl.load(xs_rows + kb * stride_xsk)
+            w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk), WS_UE8M0)
+            acc += tl.dot(w, tl.trans(x)) * (w_scale[:, None] * x_scale[None, :])
+        else:
+            if QUANTIZE:
+                x = quantize_static(x.to(tl.float32), x_scale[:, None])
+            acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+    if not PER_K_SCALE:
+        if not QUANTIZE:
+            x_scale = tl.load(xs_rows)
+        w_scale = decode_scale(tl.load(ws_rows), WS_UE8M0)
+        acc = acc * (w_scale[:, None] * x_scale[None, :])
+    return acc

@@ -1,0 +1,444 @@
+"""MoE expert matmuls: batched (decode: rows in any order, one expert id per row) and grouped
+(prefill: rows sorted by expert, with cumulative offsets).
+
+Both run one kernel over *expert tiles*: the rows of each expert are cut into tiles of BLOCK_M rows,
+and a program computes one (expert tile, weight tile) pair, so an expert's weights are read once
+per tile of its rows, not once per row. The grid is sized from shapes alone (an upper bound on the
+number of tiles for any routing; surplus programs exit at once), and every program rebuilds the
+tile table from the per-expert row ends on the device, so the calls need no host synchronization
+and can be captured in a CUDA graph and replayed with a different routing.
+
+- Grouped: the row ends are the caller's ``offsets``; rows are read and written in place.
+- Batched: a one-program routing kernel orders the rows by expert (a stable sort of
+  ``expert * rows + row``) and counts them per expert (sentinel ids, ``>= E`` or negative, go to an
+  extra last bucket whose rows are written as zeros without any GEMM work). The expert kernel then
+  gathers rows through that order and scatters results back to their original rows.
+
+Activations are quantized inside the expert kernel, per row and ``block_k`` group (per row over
+all of K in per-tensor mode), with exactly ``fp8_act_quant``'s arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._gemm_core import scaled_tile_product, tile_coordinates
+from ._launch import block_from_op_args, block_to_op_args, cdiv, next_power_of_two, on_device_of, with_unit_k_stride
+from ._ops import add_op_namespace_prefix, ops
+from ._tiles import expert_tiles
+from ._validation import (
+    ACTIVATION_DTYPES,
+    FP8_DTYPE,
+    check_devices,
+    check_k_matches,
+    check_output_dtype,
+    check_tensor,
+    check_vector,
+    check_weight_scale,
+    resolve_block_size,
+)
+from .act_quant import quantize_2d
+
+ID_DTYPES = (torch.int32, torch.int64)
+TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
+# The routing kernel sorts all rows in one program up to this many rows; beyond it torch sorts them.
+_ROUTE_MAX_ROWS = 8192
+
+
+@triton.jit
+def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Order S rows by bucket in one program.
+
+    bucket(s) = expert_ids[s] when 0 <= id < E, else E (sentinel). Writes perm (S,) int32: the rows
+    sorted by bucket, ties by row index; ends (E + 1,) int32: the inclusive cumulative row count of
+    buckets 0..E. BLOCK_E > E + 1, so padding lanes land in a bucket that is not stored.
+    """
+    s = tl.arange(0, BLOCK_S)
+    in_range = s < S
+    ids = tl.load(ids_ptr + s, mask=in_range, other=0).to(tl.int64)
+    bucket = tl.where((ids >= 0) & (ids < E), ids, E).to(tl.int32)
+    bucket = tl.where(in_range, bucket, BLOCK_E - 1)
+    e = tl.arange(0, BLOCK_E)
+    tl.store(ends_ptr + e, tl.cumsum(tl.histogram(bucket, BLOCK_E), 0), mask=e <= E)
+    keys = tl.sort(bucket * BLOCK_S + s)
+    tl.store(perm_ptr + s, keys % BLOCK_S, mask=in_range)
+
+
+@triton.jit
+def _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The bucket that token tile ``pid_m`` belongs to, with the tile's row positions [start, end).
+
+    Bucket b owns positions [ends[b - 1], ends[b]) (``ends`` inclusive cumulative, ends[-1] = 0), cut
+    into tiles of BLOCK_M. The tile table is rebuilt in registers from one vector load: a prefix sum
+    of the tile counts, and the tile's bucket is the number of buckets that end at or before it (no
+    chain of dependent loads as a search through memory would need). Surplus tiles get a bucket
+    >= num_buckets.
+    """
+    e = tl.arange(0, BLOCK_E)
+    valid = e < num_buckets
+    ends = tl.load(ends_ptr + e, mask=valid, other=0).to(tl.int32)
+    starts = tl.load(ends_ptr + e - 1, mask=valid & (e > 0), other=0).to(tl.int32)
+    tiles = tl.where(valid, tl.cdiv(tl.maximum(ends - starts, 0), BLOCK_M), 0)
+    tile_ends = tl.cumsum(tiles, 0)
+    bucket = tl.sum((tile_ends <= pid_m).to(tl.int32), 0)
+    mine = e == bucket
+    first_tile = tl.sum(tl.where(mine, tile_ends - tiles, 0), 0)
+    start = tl.sum(tl.where(mine, starts, 0), 0) + (pid_m - first_tile) * BLOCK_M
+    end = tl.sum(tl.where(mine, ends, 0), 0)
+    return bucket, start, end
+
+
+@triton.jit
+def _expert_gemm_kernel(
+    w_ptr,
+    ws_ptr,
+    x_ptr,
+    xs_ptr,
+    out_ptr,
+    ends_ptr,
+    perm_ptr,
+    S,
+    N,
+    K,
+    num_experts,
+    num_buckets,
+    tiles_m,
+    stride_we,
+    stride_wn,
+    stride_wse,
+    stride_wsn,
+    stride_wsk,
+    stride_xm,
+    stride_xsm,
+    stride_xsk,
+    stride_om,
+    scale_block_n,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    GROUP_N: tl.constexpr,
+    PER_K_SCALE: tl.constexpr,
+    WS_UE8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    QUANTIZE: tl.constexpr,
+    GATHER: tl.constexpr,
+):
+    """One program: BLOCK_M rows of one bucket x BLOCK_N output columns, over all of K.
+
+    w (E, N, K) e4m3 through strides (K contiguous); ws weight scales [e, n // scale_block_n, k block]
+    through strides. x (S, K) raw rows (QUANTIZE) or e4m3 codes with scales xs [s, k block]; out (S, N).
+    Row positions index ``perm`` (GATHER) or are the rows themselves. Buckets >= num_experts (the
+    batched sentinel bucket) store zeros.
+    """
+    pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tiles_m, GROUP_N)
+    bucket, start, end = _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M, BLOCK_E)
+    if bucket < num_buckets:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        pos = start + tl.arange(0, BLOCK_M)
+        row_ok = (pos < end) & (pos < S)
+        # Positions past the tile's last row repeat a valid one: loads need no mask, the store drops them.
+        pos = tl.maximum(tl.minimum(pos, tl.minimum(end, S) - 1), 0)
+        if GATHER:
+            rows = tl.load(perm_ptr + pos).to(tl.int64)
+        else:
+            rows = pos.to(tl.int64)
+        out_ptrs = out_ptr + rows[None, :] * stride_om + offs_n[:, None]
+        out_mask = (offs_n < N)[:, None] & row_ok[None, :]
+        if bucket < num_experts:
+            expert = bucket.to(tl.int64)
+            rows_n = offs_n % N
+            acc = scaled_tile_product(
+                w_ptr + expert * stride_we + rows_n.to(tl.int64)[:, None] * stride_wn,
+                ws_ptr + expert * stride_wse + (rows_n // scale_block_n) * stride_wsn,
+                x_ptr + rows[:, None] * stride_xm,
+                xs_ptr + rows * stride_xsm,
+                K,
+                0,
+                tl.cdiv(K, BLOCK_K),
+                stride_wsk,
+                stride_xsk,
+                BLOCK_N,
+                BLOCK_M,
+                BLOCK_K,
+                PER_K_SCALE,
+                WS_UE8M0,
+                EVEN_K,
+                QUANTIZE,
+            )
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        else:
+            tl.store(out_ptrs, tl.zeros((BLOCK_N, BLOCK_M), dtype=out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm (S,) int32, ends (E + 1,) int32): rows ordered by expert, sentinels last (see _route_kernel)."""
+    s = expert_ids.shape[0]
+    if s > _ROUTE_MAX_ROWS:
+        valid = (expert_ids >= 0) & (expert_ids < num_experts)
+        bucket = torch.where(valid, expert_ids, num_experts)
+        ordered, perm = torch.sort(bucket, stable=True)
+        every_bucket = torch.arange(num_experts + 1, device=bucket.device, dtype=bucket.dtype)
+        ends = torch.searchsorted(ordered, every_bucket, right=True)
+        return perm.to(torch.int32), ends.to(torch.int32)
+    perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
+    ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
+    block_s = next_power_of_two(s)
+    with on_device_of(expert_ids):
+        wrap_triton(_route_kernel)[(1,)](
+            expert_ids,
+            perm,
+            ends,
+            s,
+            num_experts,
+            BLOCK_S=block_s,
+            BLOCK_E=next_power_of_two(num_experts + 2),
+            num_warps=min(16, max(4, block_s // 256)),
+        )
+    return perm, ends
+
+
+def _weight_scale_strides(ws: torch.Tensor, experts: int, per_k_scale: bool) -> tuple[torch.Tensor, int, int, int]:
+    """Scales and their (expert, row block, k block) strides; per-tensor scales are one per expert."""
+    if not per_k_scale:
+        ws = ws.reshape(experts)
+        return ws, ws.stride(0), 0, 0
+    return (ws, *ws.stride())
+
+
+def launch_expert_gemm(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    ends: torch.Tensor,
+    perm: torch.Tensor | None,
+    block: tuple[int, int] | None,
+    zero_sentinels: bool,
+    quantize_in_kernel: bool = True,
+) -> None:
+    """``out[row] = quant(x[row]) @ w[expert].T`` for every row position that ``ends`` assigns to an expert.
+
+    x (S, K) raw, unit stride along K; w (E, N, K) e4m3; ws weight scales (see ``matmul_grouped``);
+    out (S, N). ``ends`` holds the inclusive cumulative row count of each expert (plus the sentinel
+    bucket when ``zero_sentinels``, whose rows get zeros). ``perm`` maps positions to rows (None: identity).
+    ``quantize_in_kernel`` False quantizes x with ``fp8_act_quant``'s kernel first (same codes and scales).
+    """
+    s, k = x.shape
+    experts, n, _ = w.shape
+    per_k_scale = block is not None
+    tiles = expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
+    num_buckets = experts + int(zero_sentinels)
+    tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
+    ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
+    ws = ws.view(torch.uint8) if ws_ue8m0 else ws
+    ws, stride_wse, stride_wsn, stride_wsk = _weight_scale_strides(ws, experts, per_k_scale)
+    if quantize_in_kernel:
+        xq, xs, stride_xsm, stride_xsk = x, x, 0, 0
+    else:
+        xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
+        stride_xsm, stride_xsk = xs.stride()
+    with on_device_of(x):
+        wrap_triton(_expert_gemm_kernel)[(cdiv(n, tiles.block_n) * tiles_m,)](
+            w, ws, xq, xs, out, ends, ends if perm is None else perm,
+            s, n, k, experts, num_buckets, tiles_m,
+            w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
+            xq.stride(0), stride_xsm, stride_xsk, out.stride(0),
+            block[0] if per_k_scale else n,
+            BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
+            BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
+            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+            QUANTIZE=quantize_in_kernel, GATHER=perm is not None,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )  # fmt: skip
+
+
+@triton_op(add_op_namespace_prefix("fp8_matmul_batched"), mutates_args=())
+def _fp8_matmul_batched(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    expert_ids: torch.Tensor,
+    block_n: int,
+    block_k: int,
+    output_dtype: torch.dtype,
+) -> torch.Tensor:
+    s, n = a.shape[0], b.shape[1]
+    out = torch.empty((s, n), dtype=output_dtype, device=a.device)
+    if s == 0 or n == 0:
+        return out
+    perm, ends = _route(expert_ids, b.shape[0])
+    launch_expert_gemm(
+        with_unit_k_stride(a), with_unit_k_stride(b), b_s, out, ends, perm, block_from_op_args(block_n, block_k), True
+    )
+    return out
+
+
+@triton_op(add_op_namespace_prefix("fp8_matmul_grouped"), mutates_args=())
+def _fp8_matmul_grouped(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    offsets: torch.Tensor,
+    block_n: int,
+    block_k: int,
+    output_dtype: torch.dtype,
+) -> torch.Tensor:
+    s, n = a.shape[0], b.shape[1]
+    out = torch.empty((s, n), dtype=output_dtype, device=a.device)
+    if s == 0 or n == 0:
+        return out
+    launch_expert_gemm(
+        with_unit_k_stride(a),
+        with_unit_k_stride(b),
+        b_s,
+        out,
+        offsets,
+        None,
+        block_from_op_args(block_n, block_k),
+        False,
+    )
+    return out
+
+
+def _check_experts(
+    A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, block_size: object, output_dtype: torch.dtype | None
+) -> tuple[tuple[int, int], torch.dtype]:
+    """Validate raw rows A (S, K), stacked weights B (E, N, K) and their scales; return (block ints, out dtype)."""
+    check_tensor("A", A, ACTIVATION_DTYPES, ndim=2)
+    check_tensor("B", B, (FP8_DTYPE,), ndim=3)
+    experts, n, k = B.shape
+    check_k_matches("A", A, "B", B)
+    block = resolve_block_size(block_size, n, k)
+    check_weight_scale("Bs", Bs, (experts,), n, k, block)
+    out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
+    return block_to_op_args(block), out_dtype
+
+
+def matmul_batched(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    expert_ids: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+    output_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Expert matmul for rows in any order: ``C[s] = dequant(quant(A[s])) @ dequant(B[expert_ids[s]]).T``.
+
+    Args:
+        A: (S, K) bfloat16, float16 or float32 raw activations (S = tokens * top_k); quantized inside
+            the kernel exactly as ``fp8_act_quant`` would (per ``block_k`` group, or per row in
+            per-tensor mode).
+        B: (E, N, K) ``float8_e4m3fn`` stacked expert weights, K contiguous.
+        Bs: weight dequant scales, float32 or ``float8_e8m0fnu``: (E, ceil(N/block_n), ceil(K/block_k))
+            in block mode; one per expert, (E,) or (E, 1, 1), in per-tensor mode.
+        expert_ids: (S,) int32 or int64. Ids outside [0, E) (expert-parallel sentinels) cost no GEMM
+            work and their rows of C are zeros.
+        block_size: [block_n, block_k]; None or [N, K] selects per-tensor mode.
+        output_dtype: None means A's dtype.
+
+    Returns:
+        C (S, N). Each expert's weights are read once per tile of the rows routed to it.
+    """
+    block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
+    check_vector("expert_ids", expert_ids, ID_DTYPES, A.shape[0], "one per row of A")
+    check_devices(A=A, B=B, Bs=Bs, expert_ids=expert_ids)
+    return ops.fp8_matmul_batched(A, B, Bs, expert_ids, *block, out_dtype)
+
+
+def matmul_grouped(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    offsets: torch.Tensor,
+    tokens_per_expert: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+    output_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Expert matmul for rows sorted by expert: rows [offsets[e-1], offsets[e]) use expert e.
+
+    Args:
+        A: (S, K) bfloat16, float16 or float32 raw activations, rows sorted by expert; quantized
+            inside the kernel exactly as ``fp8_act_quant`` would.
+        B, Bs, block_size, output_dtype: as in ``matmul_batched``.
+        offsets: (E,) int32 (or int64) inclusive cumulative row ends, ``cumsum(tokens_per_expert)``.
+        tokens_per_expert: (E,) int32, int64 or float32 row counts. Only its shape is checked: the
+            kernel reads the same information from ``offsets``.
+
+    Returns:
+        C (S, N). Rows at or after ``offsets[-1]`` (expert-parallel sentinels sorted to the tail)
+        cost no work and are left unwritten (uninitialized memory): callers mask them.
+    """
+    block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
+    experts = B.shape[0]
+    check_vector("offsets", offsets, ID_DTYPES, experts, "one per expert of B")
+    check_vector("tokens_per_expert", tokens_per_expert, TOKENS_PER_EXPERT_DTYPES, experts, "one per expert of B")
+    check_devices(A=A, B=B, Bs=Bs, offsets=offsets, tokens_per_expert=tokens_per_expert)
+    return ops.fp8_matmul_grouped(A, B, Bs, offsets, *block, out_dtype)
+
+
+def w8a8_fp8_matmul_batched(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    expert_ids: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+) -> torch.Tensor:
+    """Dispatcher of Transformers 5.4-5.10: ``matmul_batched`` with C in A's dtype."""
+    return matmul_batched(A, B, Bs, expert_ids, block_size)
+
+
+def w8a8_block_fp8_matmul_batched(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    expert_ids: torch.Tensor,
+    block_size: list[int] | tuple[int, int],
+) -> torch.Tensor:
+    """Block-scaled ``matmul_batched``; ``block_size`` is required."""
+    if block_size is None:
+        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul_batched")
+    return matmul_batched(A, B, Bs, expert_ids, block_size)
+
+
+def w8a8_tensor_fp8_matmul_batched(
+    A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, expert_ids: torch.Tensor
+) -> torch.Tensor:
+    """Per-tensor ``matmul_batched``: Bs (E,) or (E, 1, 1); activations get one scale per row."""
+    return matmul_batched(A, B, Bs, expert_ids, None)
+
+
+def w8a8_fp8_matmul_grouped(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    offsets: torch.Tensor,
+    tokens_per_expert: torch.Tensor,
+    block_size: list[int] | tuple[int, int] | None,
+) -> torch.Tensor:
+    """Dispatcher of Transformers 5.4-5.10: ``matmul_grouped`` with C in A's dtype."""
+    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, block_size)
+
+
+def w8a8_block_fp8_matmul_grouped(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    Bs: torch.Tensor,
+    offsets: torch.Tensor,
+    tokens_per_expert: torch.Tensor,
+    block_size: list[int] | tuple[int, int],
+) -> torch.Tensor:
+    """Block-scaled ``matmul_grouped``; ``block_size`` is required."""
+    if block_size is None:
+        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul_grouped")
+    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, block_size)
+
+
+def w8a8_tensor_fp8_matmul_grouped(
+    A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, offsets: torch.Tensor, tokens_per_expert: torch.Tensor
+) -> torch.Tensor:
+    """Per-tensor ``matmul_grouped``: Bs (E,) or (E, 1, 1); activations get one scale per row."""
+    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, None)
