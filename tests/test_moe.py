@@ -33,7 +33,10 @@ def grouped_call(fp8, a, b, bs, ids, block, tpe_dtype=torch.float32, output_dtyp
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("block", [BLOCK, (64, 128), None])
-@pytest.mark.parametrize("rows, experts, n, k", [(1, 4, 96, 256), (37, 5, 200, 300), (90, 3, 64, 130)])
+@pytest.mark.parametrize(
+    "rows, experts, n, k",
+    [(1, 4, 96, 256), (37, 5, 200, 300), (90, 3, 64, 130), (200, 2, 136, 256)],  # the last: prefill tiles
+)
 def test_batched(fp8, device, gen, dtype, block, rows, experts, n, k):
     b, bs = make_expert_weights(experts, n, k, block, gen, device)
     a = make_activation((rows, k), dtype, gen, device)
@@ -44,7 +47,7 @@ def test_batched(fp8, device, gen, dtype, block, rows, experts, n, k):
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("block", [BLOCK, (32, 32), None])
-@pytest.mark.parametrize("rows, experts, n, k", [(1, 4, 96, 256), (70, 6, 160, 200)])
+@pytest.mark.parametrize("rows, experts, n, k", [(1, 4, 96, 256), (70, 6, 160, 200), (150, 2, 130, 384)])
 def test_grouped(fp8, device, gen, dtype, block, rows, experts, n, k):
     b, bs = make_expert_weights(experts, n, k, block, gen, device)
     a = make_activation((rows, k), dtype, gen, device)

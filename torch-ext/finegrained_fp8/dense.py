@@ -93,7 +93,6 @@ def _gemm_kernel(
         PER_K_SCALE,
         WS_UE8M0,
         EVEN_K,
-        QUANTIZE=False,
     )
     out_ptrs = out_ptr + split * stride_out_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
