@@ -234,11 +234,17 @@ def bench_moe_projection(fp8, rows: list[Row], token_counts: list[int], name: st
 
             return make
 
+        def grouped_with_routing(hidden, ids):
+            a_sorted, offsets, tokens_per_expert = grouped_inputs(hidden, ids, experts)
+            return fp8.matmul_grouped(a_sorted, w_q, w_s, offsets, tokens_per_expert, [128, 128])
+
         impls = {
             "ours grouped": routed(lambda a, ids, xs, off, t: fp8.matmul_grouped(xs, w_q, w_s, off, t, [128, 128])),
             "torch bf16 grouped": routed(lambda a, ids, xs, off, t: torch._grouped_mm(xs, w_bf16_t, offs=off)),
         }
         if tokens <= BATCHED_MAX_TOKENS:
+            # What a grouped caller pays in all: Transformers' routing (sort, counts, gather) + the call.
+            impls["ours grouped+routing"] = routed(lambda a, ids, xs, off, t: grouped_with_routing(a[::TOP_K], ids))
             impls["ours batched"] = routed(lambda a, ids, xs, off, t: fp8.matmul_batched(a, w_q, w_s, ids, [128, 128]))
         if tokens >= 4096:
             impls["ours grouped skewed"] = routed(
@@ -266,8 +272,27 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     dense = [r for r in rows if r.kernel == "dense" and r.tflops == r.tflops]
-    fig, axes = plt.subplots(1, len(DENSE_SHAPES), figsize=(6 * len(DENSE_SHAPES), 4.5))
-    for ax, (n, k) in zip(axes, DENSE_SHAPES, strict=True):
+    moe = [r for r in rows if r.kernel == "moe" and r.tflops == r.tflops and "eager" not in r.impl]
+    fig, axes = plt.subplots(2, 4, figsize=(24, 9))
+    for ax in axes[0, len(DENSE_SHAPES) :]:
+        ax.axis("off")
+    for ax, name in zip(axes[1], MOE_SHAPES, strict=True):
+        for impl in sorted({r.impl for r in moe}):
+            pts = [
+                (int(r.shape.split("T=")[1]), r.tflops)
+                for r in moe
+                if r.impl == impl and r.shape.startswith(name + " ")
+            ]
+            if pts:
+                ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"MoE {name} (top-8)")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("TFLOPS")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax, (n, k) in zip(axes[0], DENSE_SHAPES, strict=False):
         for impl in sorted({r.impl for r in dense}):
             pts = [(int(r.shape.split()[0][2:]), r.tflops) for r in dense if r.impl == impl and f"{n}x{k}" in r.shape]
             if pts:
