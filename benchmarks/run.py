@@ -200,7 +200,8 @@ def top_k_routing(tokens: int, experts: int, skewed: bool = False) -> torch.Tens
 def grouped_inputs(hidden: torch.Tensor, ids: torch.Tensor, experts: int):
     """Transformers' grouped protocol: (rows sorted by expert, offsets int32, tokens_per_expert int32)."""
     ids_sorted, perm = torch.sort(ids)
-    tokens_per_expert = torch.bincount(ids_sorted, minlength=experts).int()
+    ones = torch.ones_like(ids_sorted, dtype=torch.int32)
+    tokens_per_expert = torch.zeros(experts, dtype=torch.int32, device=ids.device).scatter_add_(0, ids_sorted, ones)
     return hidden[perm // TOP_K], torch.cumsum(tokens_per_expert, 0, dtype=torch.int32), tokens_per_expert
 
 
@@ -255,6 +256,37 @@ def bench_moe_projection(fp8, rows: list[Row], token_counts: list[int], name: st
         if tokens == 1:
             call = routed(lambda a, ids, xs, off, t: fp8.matmul_batched(a, w_q, w_s, ids, [128, 128]))()
             record(rows, "moe", shape, "ours batched, eager", lambda call=call: bench_eager(call), flops, touched)
+
+
+def bench_model(rows: list[Row], prompt_tokens: int = 512) -> None:
+    """A prefill and a decode step of the Transformers tests' small MoE model: FP8 on our kernels
+    (loaded through Transformers' own loader) against the same model in bf16. Eager PyTorch,
+    launch overhead included (what a user of model.generate without CUDA graphs sees)."""
+    import tempfile
+
+    from tiny_model import load_fp8_model, load_model, tiny_qwen3_moe
+    from transformers import DynamicCache
+
+    with tempfile.TemporaryDirectory() as path:
+        tiny_qwen3_moe(path)
+        prompt = torch.randint(0, 512, (1, prompt_tokens), device="cuda")
+        for label, load in (("fp8 (ours)", load_fp8_model), ("bf16", load_model)):
+            for step, implementation in (("prefill", "grouped_mm"), ("decode", "batched_mm")):
+                model = load(path, implementation)
+                shape = f"small Qwen3-MoE {step}"
+                with torch.no_grad():
+                    if step == "prefill":
+                        call = lambda model=model: model(prompt, use_cache=False)
+                    else:
+                        cache = DynamicCache(config=model.config)
+                        model(prompt, past_key_values=cache)
+                        token = prompt[:, -1:]
+
+                        def call(model=model, cache=cache, token=token):
+                            cache.crop(prompt_tokens)
+                            return model(token, past_key_values=cache)
+
+                    record(rows, "model", shape, f"{label} {implementation}", lambda call=call: bench_eager(call))
 
 
 def print_table(rows: list[Row]) -> None:
@@ -328,6 +360,8 @@ def gpu_main(args) -> None:
         bench_dense(fp8, rows, args.m or DENSE_M)
     if "moe" in args.only:
         bench_moe(fp8, rows, args.tokens or MOE_TOKENS)
+    if "model" in args.only:
+        bench_model(rows)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     env = environment()
     (OUT_DIR / "results.json").write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1))
@@ -373,7 +407,10 @@ def main() -> None:
     parser.add_argument("--m", type=int, action="append", help="dense token counts to time (default: PERFORMANCE.md's)")
     parser.add_argument("--tokens", type=int, action="append", help="MoE token counts to time (top-8 routing)")
     parser.add_argument(
-        "--only", nargs="+", choices=["act_quant", "dense", "moe"], default=["act_quant", "dense", "moe"]
+        "--only",
+        nargs="+",
+        choices=["act_quant", "dense", "moe", "model"],
+        default=["act_quant", "dense", "moe", "model"],
     )
     args = parser.parse_args()
     if HAS_CUDA:

@@ -1,0 +1,43 @@
+"""The small random MoE causal LM of the Transformers tests and the benchmark runner (no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, FineGrainedFP8Config, Qwen3MoeConfig
+
+
+def tiny_qwen3_moe(path, hidden=320, intermediate=448, moe_intermediate=192):
+    """Save a random bf16 Qwen3-MoE (sizes not multiples of 128) to ``path``; return its config."""
+    config = Qwen3MoeConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        moe_intermediate_size=moe_intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=80,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
+    return config
+
+
+def load_fp8_model(path, implementation):
+    """The saved model quantized on load to block FP8 (128 x 128), experts dispatched to ``implementation``."""
+    return load_model(path, implementation, FineGrainedFP8Config(weight_block_size=[128, 128]))
+
+
+def load_model(path, implementation, quantization_config=None):
+    """The saved model on the GPU in bf16 (or quantized with ``quantization_config``)."""
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch.bfloat16,
+        device_map="cuda",
+        quantization_config=quantization_config,
+        experts_implementation=implementation,
+    )
