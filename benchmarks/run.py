@@ -267,6 +267,8 @@ def bench_model(rows: list[Row], prompt_tokens: int = 512) -> None:
     from tiny_model import load_fp8_model, load_model, tiny_qwen3_moe
     from transformers import DynamicCache
 
+    # FP8Linear tries DeepGEMM first on Hopper; without it (as here) every call would retry the Hub.
+    os.environ.setdefault("TRANSFORMERS_DISABLE_DEEPGEMM_LINEAR", "1")
     with tempfile.TemporaryDirectory() as path:
         tiny_qwen3_moe(path)
         prompt = torch.randint(0, 512, (1, prompt_tokens), device="cuda")
