@@ -146,9 +146,11 @@ def route(tokens, experts, top_k, gen, device, sentinels=0):
     return index.to(device), weights.to(device)
 
 
-# Against the quantization-aware reference: bf16 rounding of the intermediate activations before
-# their quantization moves a few FP8 codes by one step (measured below 1e-2).
-DEQUANTIZED_TOLERANCE = 2e-2
+# Against the quantization-aware reference: the module rounds gate/up outputs and the SwiGLU to bf16
+# before quantizing them, which can move a group's amax and so every FP8 code of that group by a
+# step (6%); measured up to 4.2e-2 in the output norm. A wrong expert, row or scale is off by order 1
+# (test_moe.py checks the kernels themselves to float32 accuracy).
+DEQUANTIZED_TOLERANCE = 6e-2
 
 
 @pytest.mark.parametrize("implementation", EXPERT_IMPLEMENTATIONS)
