@@ -47,6 +47,20 @@ def build_package(out: Path, tree_id: str | None = None) -> Path:
     return out
 
 
+def import_build(build_dir: Path, name: str = "finegrained_fp8"):
+    """Import this run's build of the package as a plain Python package (no ``kernels`` involved)."""
+    import importlib.util
+
+    package = build_dir / f"torch-{BACKEND}"
+    spec = importlib.util.spec_from_file_location(
+        name, package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory) -> Path:
     return build_package(tmp_path_factory.mktemp("build"))

@@ -1,10 +1,16 @@
-"""Transformers' FP8 modules (5.17 generation: matmul_2d, matmul_batched, matmul_grouped) on our kernels.
+"""Transformers' FP8 modules on our kernels, for both call generations (CONTRACT.md).
 
-Loader path: every test here reaches the package through Transformers' own loader,
-``transformers.integrations.hub_kernels.lazy_load_kernel("finegrained-fp8")``, which calls
-``kernels.get_kernel`` with ``LOCAL_KERNELS`` pointing at the build of this run (the ``fp8``
-fixture sets it). Nothing is injected into ``_KERNEL_MODULE_MAPPING``; the ``transformers_fp8``
-fixture checks that the module Transformers loaded is this run's build.
+- Generation 2 (Transformers 5.13+, here 5.17: ``matmul_2d``, ``matmul_batched``,
+  ``matmul_grouped``), loader path: Transformers' own
+  ``transformers.integrations.hub_kernels.lazy_load_kernel("finegrained-fp8")`` calls
+  ``kernels.get_kernel`` with ``LOCAL_KERNELS`` pointing at this run's build (set by the ``fp8``
+  fixture); nothing is injected.
+- Generation 1 (Transformers 5.4-5.10, here 5.9: ``fp8_act_quant``, ``w8a8_fp8_matmul*``), injection
+  path: that release needs a ``kernels`` release older than 0.13, which cannot read this build, so the
+  build is imported as a plain package and put into ``hub_kernels._KERNEL_MODULE_MAPPING``, where
+  Transformers' loader finds it. ``scripts/test_transformers_gen1.sh`` runs this file that way.
+
+The ``transformers_fp8`` fixture checks that the functions Transformers resolved are this build's.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checks import TOL, assert_matches, make_activation, make_expert_weights, make_weight
-from conftest import requires_cuda
+from conftest import import_build, requires_cuda
 from reference import dequantize_activation, dequantize_weight, matmul_reference, quantize, quantize_static
 from tiny_model import load_fp8_model, tiny_qwen3_moe
 from transformers import Qwen3MoeConfig
 from transformers.integrations import finegrained_fp8 as tf_fp8
 from transformers.integrations import hub_kernels
 
+GENERATION = 2 if hasattr(tf_fp8, "load_finegrained_fp8_kernel") else 1
+requires_generation_2 = pytest.mark.skipif(GENERATION == 1, reason="Transformers 5.17 behaviour (generation 2)")
 EXPERT_IMPLEMENTATIONS = ["eager", "batched_mm", "grouped_mm"]
 
 
@@ -33,15 +41,27 @@ def no_deepgemm(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def transformers_fp8(fp8):
-    """Reset Transformers' kernel caches and load the package through its loader."""
+def transformers_fp8(request, build_dir):
+    """Make Transformers load this run's build (see the module docstring for the two paths)."""
     hub_kernels._KERNEL_MODULE_MAPPING.pop("finegrained-fp8", None)
-    tf_fp8._FINEGRAINED_FP8 = None
-    loaded = hub_kernels.lazy_load_kernel("finegrained-fp8")
-    assert loaded is not None, "Transformers could not load the package through kernels.get_kernel"
-    assert loaded.__file__ == fp8.__file__, f"Transformers loaded {loaded.__file__}, not this run's build"
-    bundle = tf_fp8.load_finegrained_fp8_kernel()
-    assert bundle.matmul is fp8.matmul_2d and bundle.grouped_matmul is fp8.matmul_grouped
+    if GENERATION == 2:
+        package = request.getfixturevalue("fp8")
+        tf_fp8._FINEGRAINED_FP8 = None
+        loaded = hub_kernels.lazy_load_kernel("finegrained-fp8")
+        assert loaded is not None, "Transformers could not load the package through kernels.get_kernel"
+        assert loaded.__file__ == package.__file__, f"Transformers loaded {loaded.__file__}, not this run's build"
+        bundle = tf_fp8.load_finegrained_fp8_kernel()
+        resolved = {bundle.matmul: loaded.matmul_2d, bundle.grouped_matmul: loaded.matmul_grouped}
+    else:
+        loaded = import_build(build_dir)
+        hub_kernels._KERNEL_MODULE_MAPPING["finegrained-fp8"] = loaded
+        tf_fp8._load_finegrained_fp8_kernel.cache_clear()
+        bundle = tf_fp8._load_finegrained_fp8_kernel()
+        resolved = {
+            bundle.fp8_act_quant: loaded.fp8_act_quant,
+            bundle.batched_fp8_matmul: loaded.w8a8_fp8_matmul_batched,
+        }
+    assert all(got is ours for got, ours in resolved.items())
     return loaded
 
 
@@ -71,7 +91,11 @@ def test_fp8_linear(transformers_fp8, device, gen, block, dtype, shape, scheme, 
             layer.activation_scale.fill_(static_scale)
         out = layer(x)
     if scheme == "static":
-        x_deq = dequantize_activation(quantize_static(x.cpu(), static_scale), static_scale, k)
+        if GENERATION == 1:  # Transformers 5.9 quantizes static activations itself, in the input dtype
+            q_static = (x.cpu() / static_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        else:
+            q_static = quantize_static(x.cpu(), static_scale)
+        x_deq = dequantize_activation(q_static, static_scale, k)
     else:
         group = k if block is None else block[1]
         x_deq = dequantize_activation(*quantize(x.cpu(), group), group)
@@ -181,6 +205,7 @@ def test_fp8_experts_agree_with_eager(transformers_fp8, device, gen, implementat
     assert relative_error(fused, eager.cpu().double()) <= TOL[torch.float32] * math.sqrt(256)
 
 
+@requires_generation_2  # 5.9 clamps sentinel ids and relies on the router zeroing their weights
 @pytest.mark.parametrize("implementation", ["batched_mm", "grouped_mm"])
 def test_fp8_experts_expert_parallel_sentinels(transformers_fp8, device, gen, implementation):
     """Ids >= num_experts (tokens routed to another rank's experts) contribute nothing."""
@@ -221,6 +246,7 @@ MODEL_LOGITS_TOLERANCE = 0.1
 
 
 @requires_cuda
+@requires_generation_2
 def test_small_moe_model_generates_on_every_path(transformers_fp8, tmp_path):
     """batched_mm and grouped_mm give the same 32 greedy tokens (our two kernels agree bitwise and
     Transformers reduces both in bf16). Transformers' eager loop accumulates the experts in float32
@@ -251,6 +277,7 @@ def test_small_moe_model_generates_on_every_path(transformers_fp8, tmp_path):
 
 
 @requires_cuda
+@requires_generation_2
 @pytest.mark.parametrize("implementation", ["batched_mm", "grouped_mm"])
 def test_small_moe_model_under_torch_compile(transformers_fp8, tmp_path, implementation):
     """The whole model under torch.compile, and generation with a static cache (which Transformers
