@@ -20,9 +20,10 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def power_of_two_ceil(s: torch.Tensor) -> torch.Tensor:
-    """Smallest power of two >= s (exact, through frexp)."""
+    """Smallest power of two >= s (exact, through frexp); Inf and NaN stay as they are."""
     mantissa, exponent = torch.frexp(s)
-    return torch.ldexp(torch.ones_like(s), torch.where(mantissa == 0.5, exponent - 1, exponent))
+    ceil = torch.ldexp(torch.ones_like(s), torch.where(mantissa == 0.5, exponent - 1, exponent))
+    return torch.where(s.isfinite(), ceil, s)
 
 
 def quantize(x: torch.Tensor, group: int, power_of_two_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

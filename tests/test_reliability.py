@@ -191,7 +191,8 @@ def test_non_contiguous_inputs_give_the_contiguous_result(fp8, device, gen):
 @pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_stays_in_its_row(fp8, device, gen, poison):
     """A NaN or Inf in one row's activations changes only that row's outputs (and its own group
-    scales); every other row is bitwise what it is without the poison."""
+    scales), which become non-finite; every other row is bitwise what it is without the poison.
+    Codes and scales follow the torch reference exactly (NaN propagates through amax and clamp)."""
     b, bs = make_weight(64, 256, (128, 128), gen, device)
     experts, experts_s = make_expert_weights(2, 64, 256, (128, 128), gen, device)
     x = make_activation((9, 256), torch.bfloat16, gen, device)
@@ -206,6 +207,10 @@ def test_non_finite_input_stays_in_its_row(fp8, device, gen, poison):
         "batched": lambda t: fp8.matmul_batched(t, experts, experts_s, ids, BLOCK),
         "grouped": lambda t: fp8.matmul_grouped(t, experts, experts_s, offsets, offsets, BLOCK),
     }
+    q, s = fp8.fp8_act_quant(bad, 128)
+    q_ref, s_ref = quantize(bad.cpu(), 128)  # torch's semantics: NaN propagates through amax and clamp
+    torch.testing.assert_close(s.cpu(), s_ref, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(q.cpu().float(), q_ref.float(), rtol=0, atol=0, equal_nan=True)
     for name, call in calls.items():
         clean, poisoned = call(x), call(bad)
         assert torch.equal(poisoned[others], clean[others]), f"{name}: the poison leaked into other rows"

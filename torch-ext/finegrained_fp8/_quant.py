@@ -4,6 +4,11 @@ Dynamic scheme (CONTRACT.md): per row and per group of ``block_k`` elements,
 ``s = max(amax(|x|) / 448, 1e-12)`` and ``q = e4m3(clamp(x / s, -448, 448))``, rounded to nearest
 even. Divisions use ``tl.div_rn`` (IEEE round-to-nearest): Triton's plain ``/`` on float32 is an
 approximate division on NVIDIA GPUs and would not reproduce the reference bit for bit.
+
+Non-finite input follows torch's semantics: the group amax and clamp propagate NaN (the GPU's
+min/max instructions would otherwise drop it and turn a NaN activation into a finite +-448 code), so
+a NaN gives its group a NaN scale and NaN codes, and an Inf an infinite scale; the row's outputs
+become non-finite and no other row or group is touched.
 """
 
 import triton
@@ -15,17 +20,22 @@ SCALE_FLOOR = tl.constexpr(1e-12)
 
 @triton.jit
 def round_scale_up_to_power_of_two(s):
-    """Smallest power of two >= ``s`` (positive, finite, normal float32): a UE8M0 scale."""
+    """Smallest power of two >= ``s`` (positive normal float32, or +Inf / NaN kept as they are): a UE8M0 scale."""
     bits = s.to(tl.int32, bitcast=True)
     exponent = (bits >> 23) & 0xFF
     exponent += ((bits & 0x7FFFFF) != 0).to(tl.int32)
-    return (exponent << 23).to(tl.float32, bitcast=True)
+    return tl.where(s == s, (exponent << 23).to(tl.float32, bitcast=True), s)  # NaN stays NaN
+
+
+@triton.jit
+def _max_keeping_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
 def dynamic_scale(amax, POWER_OF_TWO_SCALE: tl.constexpr):
     """The dequantization scale of a group with largest magnitude ``amax``: ``max(amax / 448, 1e-12)``."""
-    s = tl.maximum(tl.div_rn(amax, FP8_MAX), SCALE_FLOOR)
+    s = tl.maximum(tl.div_rn(amax, FP8_MAX), SCALE_FLOOR, propagate_nan=tl.PropagateNan.ALL)
     if POWER_OF_TWO_SCALE:
         s = round_scale_up_to_power_of_two(s)
     return s
@@ -38,8 +48,8 @@ def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
     Returns ``(q [R, G] float8e4nv, s [R] float32)`` with ``x ~= q * s[:, None]``. Masked-out
     elements must be loaded as 0 so that they do not change the row's amax.
     """
-    s = dynamic_scale(tl.max(tl.abs(x), axis=1), POWER_OF_TWO_SCALE)
-    q = tl.clamp(tl.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    s = dynamic_scale(tl.reduce(tl.abs(x), 1, _max_keeping_nan), POWER_OF_TWO_SCALE)
+    q = tl.clamp(tl.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL).to(tl.float8e4nv)
     return q, s
 
 
@@ -47,7 +57,7 @@ def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
 def quantize_static(x, scale):
     """Quantize ``x`` (float32) with a given ``scale`` (one per tensor, or broadcast per row):
     ``e4m3(clamp(x / scale))``."""
-    return tl.clamp(tl.div_rn(x, scale), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    return tl.clamp(tl.div_rn(x, scale), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL).to(tl.float8e4nv)
 
 
 @triton.jit
