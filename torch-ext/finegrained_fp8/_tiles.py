@@ -41,14 +41,9 @@ def _tile_shape(m: int) -> tuple[int, int, int, int]:
     return 64, 128, 4, 4
 
 
-def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
-    """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
-    decode = m <= DECODE_MAX_M
-    block_m, block_n, num_warps, num_stages = _tile_shape(m)
-    tiles = cdiv(n, block_n) * cdiv(m, block_m)
-    k_blocks = cdiv(k, block_k)
-    target_programs = multiprocessor_count(device) * (2 if decode else 1)
-    split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
+def _gemm_tiles(shape: tuple[int, int, int, int], block_k: int, k_blocks: int, split: int) -> GemmTiles:
+    """GemmTiles from a (block_m, block_n, num_warps, num_stages) shape and a split of ``k_blocks``."""
+    block_m, block_n, num_warps, num_stages = shape
     per_split = cdiv(k_blocks, split)
     return GemmTiles(
         block_n=block_n,
@@ -62,6 +57,17 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     )
 
 
+def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
+    """Tiles for ``out[m, n] = x[m, k] @ w[n, k].T`` with scales per ``block_k`` along K."""
+    decode = m <= DECODE_MAX_M
+    shape = _tile_shape(m)
+    tiles = cdiv(n, shape[1]) * cdiv(m, shape[0])
+    k_blocks = cdiv(k, block_k)
+    target_programs = multiprocessor_count(device) * (2 if decode else 1)
+    split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
+    return _gemm_tiles(shape, block_k, k_blocks, split)
+
+
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
     """Tiles for the expert GEMMs: ``rows`` routed rows spread over ``experts`` weight matrices.
 
@@ -70,17 +76,8 @@ def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
     """
     rows_per_expert = cdiv(rows, max(1, min(rows, experts)))
     if rows_per_expert <= DECODE_MAX_M:
-        block_m, block_n, num_warps, num_stages = _tile_shape(rows_per_expert)
+        shape = _tile_shape(rows_per_expert)
     else:
         # Best of a sweep on the H100 at 4096 tokens, top-8, DeepSeek-V3 and Qwen3-30B experts (2026-11-25).
-        block_m, block_n, num_warps, num_stages = 64, 256, 8, 3
-    return GemmTiles(
-        block_n=block_n,
-        block_m=block_m,
-        block_k=block_k,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        split_k=1,
-        k_blocks_per_split=cdiv(k, block_k),
-        group_n=8,
-    )
+        shape = (64, 256, 8, 3)
+    return _gemm_tiles(shape, block_k, cdiv(k, block_k), 1)

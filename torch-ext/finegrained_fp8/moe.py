@@ -254,6 +254,29 @@ def launch_expert_gemm(
         )  # fmt: skip
 
 
+def _expert_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    block_n: int,
+    block_k: int,
+    output_dtype: torch.dtype,
+    expert_ids: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """C (S, N) for rows routed by ``expert_ids`` (batched: sorted here, sentinel rows zeroed) or by
+    ``offsets`` (grouped: rows already sorted, the tail left unwritten)."""
+    s, n = a.shape[0], b.shape[1]
+    out = torch.empty((s, n), dtype=output_dtype, device=a.device)
+    if s == 0 or n == 0:
+        return out
+    batched = expert_ids is not None
+    perm, ends = _route(expert_ids, b.shape[0]) if batched else (None, offsets)
+    block = block_from_op_args(block_n, block_k)
+    launch_expert_gemm(with_unit_k_stride(a), with_unit_k_stride(b), b_s, out, ends, perm, block, batched)
+    return out
+
+
 @triton_op(add_op_namespace_prefix("fp8_matmul_batched"), mutates_args=())
 def _fp8_matmul_batched(
     a: torch.Tensor,
@@ -264,15 +287,7 @@ def _fp8_matmul_batched(
     block_k: int,
     output_dtype: torch.dtype,
 ) -> torch.Tensor:
-    s, n = a.shape[0], b.shape[1]
-    out = torch.empty((s, n), dtype=output_dtype, device=a.device)
-    if s == 0 or n == 0:
-        return out
-    perm, ends = _route(expert_ids, b.shape[0])
-    launch_expert_gemm(
-        with_unit_k_stride(a), with_unit_k_stride(b), b_s, out, ends, perm, block_from_op_args(block_n, block_k), True
-    )
-    return out
+    return _expert_matmul(a, b, b_s, block_n, block_k, output_dtype, expert_ids=expert_ids)
 
 
 @triton_op(add_op_namespace_prefix("fp8_matmul_grouped"), mutates_args=())
@@ -285,21 +300,7 @@ def _fp8_matmul_grouped(
     block_k: int,
     output_dtype: torch.dtype,
 ) -> torch.Tensor:
-    s, n = a.shape[0], b.shape[1]
-    out = torch.empty((s, n), dtype=output_dtype, device=a.device)
-    if s == 0 or n == 0:
-        return out
-    launch_expert_gemm(
-        with_unit_k_stride(a),
-        with_unit_k_stride(b),
-        b_s,
-        out,
-        offsets,
-        None,
-        block_from_op_args(block_n, block_k),
-        False,
-    )
-    return out
+    return _expert_matmul(a, b, b_s, block_n, block_k, output_dtype, offsets=offsets)
 
 
 def _check_experts(
