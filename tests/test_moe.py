@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from checks import assert_matches, make_activation, make_expert_weights
@@ -68,6 +70,26 @@ def test_batched_sentinel_rows_are_zero(fp8, device, gen, id_dtype):
     assert sentinel.sum() >= 9
     assert torch.equal(out[sentinel], torch.zeros_like(out[sentinel]))
     assert_matches(out, moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+
+
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype):
+    """The one-program routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same
+    stable order and bucket ends, and batched results through either path match the reference."""
+    moe = sys.modules[fp8.matmul_batched.__module__]
+    experts = 5
+    ids = random_ids(70, experts, gen, device, id_dtype, sentinels=6)
+    ids[3] = -2
+    bucket = torch.where((ids >= 0) & (ids < experts), ids, experts).cpu()
+    order = torch.sort(bucket, stable=True).indices
+    ends = torch.cumsum(torch.bincount(bucket, minlength=experts + 1), 0)
+    b, bs = make_expert_weights(experts, 64, 256, BLOCK, gen, device)
+    a = make_activation((70, 256), torch.bfloat16, gen, device)
+    for threshold in (moe._ROUTE_MAX_ROWS, 0):  # the kernel, then torch
+        monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", threshold)
+        perm, got_ends = moe._route(ids, experts)
+        assert torch.equal(perm.cpu().long(), order) and torch.equal(got_ends.cpu().long(), ends)
+        assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
 
 
 def test_grouped_sentinel_tail_is_not_touched(fp8, device, gen):
