@@ -78,6 +78,11 @@ def _wrong_rank(a: torch.Tensor | None, experts: bool) -> torch.Tensor | None:
 # Each mutation returns the broken call (or None where it does not apply) and the argument it breaks.
 MUTATIONS = {
     "A dtype": (lambda c: _replace(c, "A", c.get("A", torch.empty(0)).to(torch.int32)), TypeError, "A"),
+    "A fp8 where raw rows are expected": (
+        lambda c: _replace(c, "A", c.get("A", torch.empty(0)).to(FP8)) if "As" not in c else None,
+        TypeError,
+        "A",
+    ),
     "A rank": (
         lambda c: _replace(c, "A", _wrong_rank(c.get("A"), "expert_ids" in c or "offsets" in c)),
         ValueError,
@@ -106,6 +111,12 @@ MUTATIONS = {
         TypeError,
         "expert_ids",
     ),
+    "ids rank": (
+        lambda c: _replace(c, "expert_ids", c.get("expert_ids", torch.empty(0))[:, None]),
+        ValueError,
+        "expert_ids",
+    ),
+    "block length": (lambda c: _replace(c, "block_size", [128]) if "B" in c else None, ValueError, "block_size"),
     "ids length": (
         lambda c: _replace(c, "expert_ids", c.get("expert_ids", torch.empty(1))[:-1]),
         ValueError,
@@ -133,12 +144,19 @@ def _cases():
                 yield pytest.param(name, what, exc, arg, id=f"{name}-{what}")
 
 
+@pytest.mark.kernels_ci
 @pytest.mark.parametrize("name, what, exc, arg", list(_cases()))
 def test_every_entry_point_refuses_bad_input_by_name(fp8, device, name, what, exc, arg):
     """Every kind of bad input, on every public function: the right exception, naming the argument."""
     call = MUTATIONS[what][0](valid_call(name, device))
     with pytest.raises(exc, match=rf"^{arg}(?!\w)"):
         getattr(fp8, name)(**call)
+
+
+@pytest.mark.parametrize("name", [n for n in ENTRY_POINTS if n.startswith("w8a8_block")])
+def test_block_functions_require_block_size(fp8, device, name):
+    with pytest.raises(ValueError, match=r"^block_size\b"):
+        getattr(fp8, name)(**{**valid_call(name, device), "block_size": None})
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)

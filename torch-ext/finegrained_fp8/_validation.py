@@ -144,3 +144,14 @@ def check_vector(name: str, t: object, dtypes: Sequence[torch.dtype], length: in
     if t.shape[0] != length:
         raise ValueError(f"{name} must have {length} entries ({length_of}), got {t.shape[0]}")
     return t
+
+
+def check_weights(a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, block_size: object, stacked: bool):
+    """Check the FP8 weights ``B`` ((N, K), or (E, N, K) when ``stacked``), their K against ``A`` and
+    their scales ``Bs`` against ``block_size``; return (block_n, block_k), or None for per-tensor mode."""
+    check_tensor("B", b, (FP8_DTYPE,), ndim=3 if stacked else 2)
+    *leading, n, k = b.shape
+    check_k_matches("A", a, "B", b)
+    block = resolve_block_size(block_size, n, k)
+    check_weight_scale("Bs", bs, tuple(leading), n, k, block)
+    return block

@@ -25,11 +25,9 @@ from ._validation import (
     ACTIVATION_DTYPES,
     FP8_DTYPE,
     check_devices,
-    check_k_matches,
     check_output_dtype,
     check_tensor,
-    check_weight_scale,
-    resolve_block_size,
+    check_weights,
 )
 from .act_quant import as_rows, quantize_2d
 
@@ -198,15 +196,6 @@ def _fp8_matmul_fused(
     return out
 
 
-def _check_weights(a_name: str, a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, block_size: object):
-    check_tensor("B", b, (FP8_DTYPE,), ndim=2)
-    n, k = b.shape
-    check_k_matches(a_name, a, "B", b)
-    block = resolve_block_size(block_size, n, k)
-    check_weight_scale("Bs", bs, (), n, k, block)
-    return block
-
-
 def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, block: tuple[int, int] | None) -> None:
     """As: one element (static scheme), per K block (..., M, ceil(K/block_k)) or per row (..., M[, 1])."""
     check_tensor("As", a_s, (torch.float32,))
@@ -248,7 +237,7 @@ def w8a8_fp8_matmul(
         (..., N) tensor of ``output_dtype``.
     """
     check_tensor("A", A, (FP8_DTYPE,), min_ndim=1)
-    block = _check_weights("A", A, B, Bs, block_size)
+    block = check_weights(A, B, Bs, block_size, stacked=False)
     _check_activation_scale(A, As, B.shape[1], block)
     check_output_dtype("output_dtype", output_dtype)
     check_devices(A=A, B=B, As=As, Bs=Bs)
@@ -302,7 +291,7 @@ def matmul_2d(
     so the codes and scales are exactly those of ``fp8_act_quant``.
     """
     check_tensor("A", A, ACTIVATION_DTYPES, min_ndim=1)
-    block = _check_weights("A", A, B, Bs, block_size)
+    block = check_weights(A, B, Bs, block_size, stacked=False)
     if activation_scale is not None:
         check_tensor("activation_scale", activation_scale, (torch.float32,))
         if activation_scale.numel() != 1:

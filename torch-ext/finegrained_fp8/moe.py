@@ -34,14 +34,11 @@ from ._ops import add_op_namespace_prefix, ops
 from ._tiles import GemmTiles, expert_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
-    FP8_DTYPE,
     check_devices,
-    check_k_matches,
     check_output_dtype,
     check_tensor,
     check_vector,
-    check_weight_scale,
-    resolve_block_size,
+    check_weights,
 )
 from .act_quant import quantize_2d
 
@@ -308,11 +305,7 @@ def _check_experts(
 ) -> tuple[tuple[int, int], torch.dtype]:
     """Validate raw rows A (S, K), stacked weights B (E, N, K) and their scales; return (block ints, out dtype)."""
     check_tensor("A", A, ACTIVATION_DTYPES, ndim=2)
-    check_tensor("B", B, (FP8_DTYPE,), ndim=3)
-    experts, n, k = B.shape
-    check_k_matches("A", A, "B", B)
-    block = resolve_block_size(block_size, n, k)
-    check_weight_scale("Bs", Bs, (experts,), n, k, block)
+    block = check_weights(A, B, Bs, block_size, stacked=True)
     out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
     return block_to_op_args(block), out_dtype
 
