@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 DENSE_SHAPES = [(18432, 7168), (7168, 18432), (24576, 1536)]
 DENSE_M = [1, 16, 128, 1024, 4096]
 L2_BYTES = 50 * 2**20
+# A graph of one call would charge that call the graph's launch (a few microseconds).
+MIN_CALLS_PER_GRAPH = 8
 # MoE expert shapes of PERFORMANCE.md: (experts, N, K) per projection; top-8 routing.
 MOE_SHAPES = {
     "DSv3 gate_up": (256, 4096, 7168),
@@ -72,10 +74,12 @@ def bench(make_call: Callable[[], Callable[[], object]], bytes_each: int = 0, re
     """GPU time of one call without launch overhead, in milliseconds (median of graph replays).
 
     ``make_call()`` returns a call over fresh operands; enough of them to move more than twice the
-    L2 cache (``bytes_each`` per call) are captured back to back in one CUDA graph, so the numbers
-    exclude Python and launch overhead and never read operands from L2 left by the previous call.
+    L2 cache (``bytes_each`` per call), and at least MIN_CALLS_PER_GRAPH, are captured back to back
+    in one CUDA graph, so the numbers exclude Python and launch overhead (the graph's own launch is
+    shared by its calls, as in a model's decode graph) and never read operands from L2 left by the
+    previous call.
     """
-    copies = max(1, -(-2 * L2_BYTES // max(bytes_each, 1)))
+    copies = max(MIN_CALLS_PER_GRAPH, -(-2 * L2_BYTES // max(bytes_each, 1)))
     calls = [make_call() for _ in range(copies)]
     for call in calls:  # compile and warm up outside the capture
         call()

@@ -99,13 +99,18 @@ def matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.double() @ b.double().transpose(-1, -2)
 
 
-def moe_reference(a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, expert_ids: torch.Tensor, block) -> torch.Tensor:
+def moe_reference(
+    a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, expert_ids: torch.Tensor, block, absolute: bool = False
+) -> torch.Tensor:
     """float64 (S, N): row s quantized as fp8_act_quant (per block_k group, or per row in per-tensor
-    mode), dequantized and multiplied by expert ``expert_ids[s]``; rows with ids outside [0, E) are 0."""
+    mode), dequantized and multiplied by expert ``expert_ids[s]``; rows with ids outside [0, E) are 0.
+    ``absolute``: multiply the absolute values instead (each output's sum of |products|)."""
     group = a.shape[-1] if block is None else block[1]
     q, s = quantize(a.cpu(), group)
     rows = dequantize_activation(q, s, group)
     weights = dequantize_weight(b.cpu(), bs.cpu(), block)
+    if absolute:
+        rows, weights = rows.abs(), weights.abs()
     ids = expert_ids.cpu()
     out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
     for e in range(b.shape[0]):

@@ -84,3 +84,41 @@ def test_two_builds_load_side_by_side(tmp_path, device):
     qa, sa = a.fp8_act_quant(x)
     qb, sb = b.fp8_act_quant(x)
     assert torch.equal(qa.view(torch.uint8), qb.view(torch.uint8)) and torch.equal(sa, sb)
+
+
+def _ops_dispatched(call) -> list[str]:
+    """Names of this package's registered ops that went through torch's dispatcher during ``call()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call()
+    return sorted({e.name.split("::")[-1] for e in prof.events() if "finegrained_fp8" in e.name and "::" in e.name})
+
+
+def test_plain_eager_calls_skip_op_dispatch_and_others_use_the_op(fp8, device):
+    """Eager calls on plain tensors (Parameters included) run the implementation directly; a call
+    under a dispatch mode or on tensors that require grad goes through the registered op; the two
+    paths give the same bits."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SeesOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 256, generator=gen).to(device)
+    w = torch.nn.Parameter(torch.randn(64, 256, generator=gen).to(torch.float8_e4m3fn).to(device), requires_grad=False)
+    ws = torch.rand(1, 2, generator=gen).to(device)
+    direct = fp8.matmul_2d(x, w, ws, [128, 128])
+    assert _ops_dispatched(lambda: fp8.matmul_2d(x, w, ws, [128, 128])) == []
+    assert _ops_dispatched(lambda: fp8.fp8_act_quant(x)) == []
+    with SeesOps():
+        assert torch.equal(fp8.matmul_2d(x, w, ws, [128, 128]), direct)
+    assert _ops_dispatched(lambda: _call_under(SeesOps(), fp8.matmul_2d, x, w, ws, [128, 128])) == ["fp8_matmul_fused"]
+    tracked = x.clone().requires_grad_(True)
+    assert _ops_dispatched(lambda: fp8.fp8_act_quant(tracked)) == ["fp8_act_quant"]
+    with torch.no_grad():
+        assert _ops_dispatched(lambda: fp8.fp8_act_quant(tracked)) == []
+
+
+def _call_under(mode, fn, *args):
+    with mode:
+        return fn(*args)

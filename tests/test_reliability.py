@@ -12,7 +12,7 @@ import pytest
 import torch
 from checks import assert_matches, make_activation, make_expert_weights, make_weight
 from conftest import HAS_CUDA, requires_cuda
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reference import FP8, group_by_expert, moe_reference, quantize
 
@@ -310,15 +310,19 @@ dtypes = st.sampled_from([torch.bfloat16, torch.float16, torch.float32])
     dtype=dtypes,
     seed=st.integers(0, 2**31),
 )
+# Found on the H100: one output whose 32 products cancel to 1e-4 of their sum of magnitudes.
+@example(m=2, n=1, k=32, block=(128, 128), dtype=torch.bfloat16, seed=0)
 def test_property_matmul_2d(fp8, device, m, n, k, block, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     b, bs = make_weight(n, k, block, gen, device)
     x = make_activation((m, k), dtype, gen, device)
     group = k if block is None else block[1]
     _, s = quantize(x.cpu(), group)
-    ref = moe_reference(x, b[None], bs[None] if block is not None else bs, torch.zeros(m, dtype=torch.int64), block)
+    weights = (b[None], bs[None] if block is not None else bs)
+    ids = torch.zeros(m, dtype=torch.int64)
+    ref = moe_reference(x, *weights, ids, block)
     out = fp8.matmul_2d(x, b, bs, list(block) if block else None, torch.float32)
-    assert_matches(out, ref, torch.float32)
+    assert_matches(out, ref, torch.float32, moe_reference(x, *weights, ids, block, absolute=True))
     assert torch.equal(fp8.fp8_act_quant(x, group)[1].cpu(), s)
 
 
@@ -341,7 +345,7 @@ def test_property_moe(fp8, device, rows, experts, n, k, block, sentinels, seed):
     ref = moe_reference(x, b, bs, ids, block)
     block_arg = list(block) if block else None
     batched = fp8.matmul_batched(x, b, bs, ids, block_arg, torch.float32)
-    assert_matches(batched, ref, torch.float32)
+    assert_matches(batched, ref, torch.float32, moe_reference(x, b, bs, ids, block, absolute=True))
     x_sorted, offsets, tpe, _, perm = group_by_expert(x, ids, experts)
     grouped = fp8.matmul_grouped(x_sorted, b, bs, offsets.to(device), tpe.to(device), block_arg, torch.float32)
     routed = int(offsets[-1])

@@ -1,11 +1,49 @@
-"""Launch helpers shared by every op: device guard and device facts."""
+"""Launch helpers shared by every op: op registration with its eager path, device guard, device facts."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+from torch.library import triton_op
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from ._ops import add_op_namespace_prefix
+
+_Impl = TypeVar("_Impl", bound=Callable[..., object])
+# Tensor types an eager call may hand straight to the implementation (module weights are Parameters).
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _is_plain_eager_call(args: tuple) -> bool:
+    """An eager call on ordinary tensors: no compile, export or jit trace, no dispatch mode watching,
+    no fake or functional tensor subclass, no autograd graph to record."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    return all(
+        type(a) in _PLAIN_TENSOR_TYPES and not (grad and a.requires_grad) for a in args if isinstance(a, torch.Tensor)
+    )
+
+
+def registered_op(name: str) -> Callable[[_Impl], _Impl]:
+    """Register ``impl`` as the ``triton_op`` ``name`` (what torch.compile, export, fake tensors and
+    ``torch.ops`` see) and return a caller that runs ``impl`` directly on plain eager calls, skipping
+    torch's op dispatch, whose host cost per call is several times a decode kernel's GPU time."""
+
+    def register(impl: _Impl) -> _Impl:
+        op = triton_op(add_op_namespace_prefix(name), mutates_args=())(impl)
+
+        @functools.wraps(impl)
+        def call(*args):
+            return impl(*args) if _is_plain_eager_call(args) else op(*args)
+
+        return call  # type: ignore[return-value]
+
+    return register
 
 
 def on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:

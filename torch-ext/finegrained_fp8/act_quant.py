@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._launch import cdiv, next_power_of_two, on_device_of, with_unit_k_stride
-from ._ops import add_op_namespace_prefix, ops
+from ._launch import cdiv, next_power_of_two, on_device_of, registered_op, with_unit_k_stride
 from ._quant import quantize_rows, quantize_static
 from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
 
@@ -94,7 +93,7 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return with_unit_k_stride(x.reshape(-1, x.shape[-1]))
 
 
-@triton_op(add_op_namespace_prefix("fp8_act_quant"), mutates_args=())
+@registered_op("fp8_act_quant")
 def _fp8_act_quant(x: torch.Tensor, block_size: int, power_of_two_scale: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, s = quantize_2d(as_rows(x), block_size, power_of_two_scale=power_of_two_scale)
     return q.view(x.shape), s.view(*x.shape[:-1], s.shape[-1])
@@ -123,4 +122,4 @@ def fp8_act_quant(
     if not isinstance(power_of_two_scale, bool):
         raise TypeError(f"power_of_two_scale must be a bool, got {type(power_of_two_scale).__name__}")
     check_devices(x=x)
-    return ops.fp8_act_quant(x, block_size, power_of_two_scale)
+    return _fp8_act_quant(x, block_size, power_of_two_scale)

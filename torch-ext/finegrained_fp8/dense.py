@@ -15,11 +15,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ._gemm_core import scaled_tile_product, tile_coordinates
-from ._launch import block_from_op_args, block_to_op_args, cdiv, on_device_of, with_unit_k_stride
-from ._ops import add_op_namespace_prefix, ops
+from ._launch import block_from_op_args, block_to_op_args, cdiv, on_device_of, registered_op, with_unit_k_stride
 from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -161,7 +160,7 @@ def launch_gemm(
             )
 
 
-@triton_op(add_op_namespace_prefix("fp8_matmul"), mutates_args=())
+@registered_op("fp8_matmul")
 def _fp8_matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -177,7 +176,7 @@ def _fp8_matmul(
     return out
 
 
-@triton_op(add_op_namespace_prefix("fp8_matmul_fused"), mutates_args=())
+@registered_op("fp8_matmul_fused")
 def _fp8_matmul_fused(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -241,7 +240,7 @@ def w8a8_fp8_matmul(
     _check_activation_scale(A, As, B.shape[1], block)
     check_output_dtype("output_dtype", output_dtype)
     check_devices(A=A, B=B, As=As, Bs=Bs)
-    return ops.fp8_matmul(A, B, As, Bs, *block_to_op_args(block), output_dtype)
+    return _fp8_matmul(A, B, As, Bs, *block_to_op_args(block), output_dtype)
 
 
 def w8a8_block_fp8_matmul(
@@ -300,7 +299,7 @@ def matmul_2d(
             )
     out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
     check_devices(A=A, B=B, Bs=Bs, activation_scale=activation_scale)
-    return ops.fp8_matmul_fused(A, B, Bs, activation_scale, *block_to_op_args(block), out_dtype)
+    return _fp8_matmul_fused(A, B, Bs, activation_scale, *block_to_op_args(block), out_dtype)
 
 
 matmul = matmul_2d

@@ -26,11 +26,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from ._gemm_core import scaled_tile_product, tile_coordinates
-from ._launch import block_from_op_args, block_to_op_args, cdiv, next_power_of_two, on_device_of, with_unit_k_stride
-from ._ops import add_op_namespace_prefix, ops
+from ._launch import (
+    block_from_op_args,
+    block_to_op_args,
+    cdiv,
+    next_power_of_two,
+    on_device_of,
+    registered_op,
+    with_unit_k_stride,
+)
 from ._tiles import GemmTiles, expert_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -274,7 +281,7 @@ def _expert_matmul(
     return out
 
 
-@triton_op(add_op_namespace_prefix("fp8_matmul_batched"), mutates_args=())
+@registered_op("fp8_matmul_batched")
 def _fp8_matmul_batched(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -287,7 +294,7 @@ def _fp8_matmul_batched(
     return _expert_matmul(a, b, b_s, block_n, block_k, output_dtype, expert_ids=expert_ids)
 
 
-@triton_op(add_op_namespace_prefix("fp8_matmul_grouped"), mutates_args=())
+@registered_op("fp8_matmul_grouped")
 def _fp8_matmul_grouped(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -338,7 +345,7 @@ def matmul_batched(
     block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
     check_vector("expert_ids", expert_ids, ID_DTYPES, A.shape[0], "one per row of A")
     check_devices(A=A, B=B, Bs=Bs, expert_ids=expert_ids)
-    return ops.fp8_matmul_batched(A, B, Bs, expert_ids, *block, out_dtype)
+    return _fp8_matmul_batched(A, B, Bs, expert_ids, *block, out_dtype)
 
 
 def matmul_grouped(
@@ -370,7 +377,7 @@ def matmul_grouped(
     check_vector("offsets", offsets, ID_DTYPES, experts, "one per expert of B")
     check_vector("tokens_per_expert", tokens_per_expert, TOKENS_PER_EXPERT_DTYPES, experts, "one per expert of B")
     check_devices(A=A, B=B, Bs=Bs, offsets=offsets, tokens_per_expert=tokens_per_expert)
-    return ops.fp8_matmul_grouped(A, B, Bs, offsets, *block, out_dtype)
+    return _fp8_matmul_grouped(A, B, Bs, offsets, *block, out_dtype)
 
 
 def w8a8_fp8_matmul_batched(
