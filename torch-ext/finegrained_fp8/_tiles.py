@@ -37,7 +37,11 @@ def _tile_shape(m: int) -> tuple[int, int, int, int]:
     if m <= DECODE_MAX_M:
         # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
         return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, 6
-    # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
+    if m <= 256:
+        # Best at M=128 and 256 on two of the three PERFORMANCE.md shapes in an H100 sweep (2026-11-25;
+        # +10% over 64x128, -2% on 7168x18432): more programs while the weights still dominate.
+        return 64, 64, 4, 3
+    # Best of benchmarks/sweep_tiles.py on the H100 at M=4096 (2026-11-25).
     return 64, 128, 4, 4
 
 
