@@ -11,6 +11,11 @@ import torch
 from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+try:  # what triton_op's own eager backend does: launch wrap_triton kernels directly, not as a HOP
+    from torch._library.triton import set_wrap_triton_enabled
+except ImportError:  # a torch without it: every call goes through the op
+    set_wrap_triton_enabled = None
+
 from ._ops import add_op_namespace_prefix
 
 _Impl = TypeVar("_Impl", bound=Callable[..., object])
@@ -21,7 +26,9 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 def _is_plain_eager_call(args: tuple) -> bool:
     """An eager call on ordinary tensors: no compile, export or jit trace, no dispatch mode watching,
     no fake or functional tensor subclass, no autograd graph to record."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+    if set_wrap_triton_enabled is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if _get_current_dispatch_mode() is not None:
         return False
     grad = torch.is_grad_enabled()
     return all(
@@ -39,7 +46,10 @@ def registered_op(name: str) -> Callable[[_Impl], _Impl]:
 
         @functools.wraps(impl)
         def call(*args):
-            return impl(*args) if _is_plain_eager_call(args) else op(*args)
+            if not _is_plain_eager_call(args):
+                return op(*args)
+            with set_wrap_triton_enabled(False):  # else each launch is a higher-order op (~1 ms)
+                return impl(*args)
 
         return call  # type: ignore[return-value]
 
