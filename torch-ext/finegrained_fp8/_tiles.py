@@ -18,6 +18,11 @@ from ._launch import cdiv, multiprocessor_count
 _MIN_K_BLOCKS_PER_SPLIT = 4
 # Up to this many tokens the GEMM streams weights (memory-bound); above it, it is compute-bound.
 DECODE_MAX_M = 64
+# Up to this many tokens, where the 64 x 128 tiles already give every SM a program, 64 x 64 tiles
+# with 3 stages did better in an H100 sweep (2026-11-25, M=128 and 256: +4-13% on 18432x7168 and
+# 24576x1536); where they do not (7168x18432), split-K over 64 x 128 tiles stays ahead.
+_NARROW_MAX_M = 256
+_NARROW_SHAPE = (64, 64, 4, 3)
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,7 @@ def _tile_shape(m: int) -> tuple[int, int, int, int]:
     if m <= DECODE_MAX_M:
         # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
         return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, 6
-    if m <= 256:
-        # Best at M=128 and 256 on two of the three PERFORMANCE.md shapes in an H100 sweep (2026-11-25;
-        # +10% over 64x128, -2% on 7168x18432): more programs while the weights still dominate.
-        return 64, 64, 4, 3
-    # Best of benchmarks/sweep_tiles.py on the H100 at M=4096 (2026-11-25).
+    # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
     return 64, 128, 4, 4
 
 
@@ -66,8 +67,11 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     decode = m <= DECODE_MAX_M
     shape = _tile_shape(m)
     tiles = cdiv(n, shape[1]) * cdiv(m, shape[0])
-    k_blocks = cdiv(k, block_k)
     target_programs = multiprocessor_count(device) * (2 if decode else 1)
+    if not decode and m <= _NARROW_MAX_M and tiles >= target_programs:
+        shape = _NARROW_SHAPE
+        tiles = cdiv(n, shape[1]) * cdiv(m, shape[0])
+    k_blocks = cdiv(k, block_k)
     split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
     return _gemm_tiles(shape, block_k, k_blocks, split)
 
