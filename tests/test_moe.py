@@ -73,18 +73,18 @@ def test_batched_sentinel_rows_are_zero(fp8, device, gen, id_dtype):
 
 
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
-def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype):
-    """The one-program routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same
-    stable order and bucket ends, and batched results through either path match the reference."""
+@pytest.mark.parametrize("rows, experts", [(70, 5), (601, 40)])  # one step of ids; several, partial
+def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype, rows, experts):
+    """The routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same stable order
+    and bucket ends, and batched results through either path match the reference."""
     moe = sys.modules[fp8.matmul_batched.__module__]
-    experts = 5
-    ids = random_ids(70, experts, gen, device, id_dtype, sentinels=6)
+    ids = random_ids(rows, experts, gen, device, id_dtype, sentinels=6)
     ids[3] = -2
     bucket = torch.where((ids >= 0) & (ids < experts), ids, experts).cpu()
     order = torch.sort(bucket, stable=True).indices
     ends = torch.cumsum(torch.bincount(bucket, minlength=experts + 1), 0)
     b, bs = make_expert_weights(experts, 64, 256, BLOCK, gen, device)
-    a = make_activation((70, 256), torch.bfloat16, gen, device)
+    a = make_activation((rows, 256), torch.bfloat16, gen, device)
     for threshold in (moe._ROUTE_MAX_ROWS, 0):  # the kernel, then torch
         monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", threshold)
         perm, got_ends = moe._route(ids, experts)

@@ -9,10 +9,11 @@ tile table from the per-expert row ends on the device, so the calls need no host
 and can be captured in a CUDA graph and replayed with a different routing.
 
 - Grouped: the row ends are the caller's ``offsets``; rows are read and written in place.
-- Batched: a one-program routing kernel orders the rows by expert (a stable sort of
-  ``expert * rows + row``) and counts them per expert (sentinel ids, ``>= E`` or negative, go to an
-  extra last bucket whose rows are written as zeros without any GEMM work). The expert kernel then
-  gathers rows through that order and scatters results back to their original rows.
+- Batched: a routing kernel orders the rows by expert (stably: each program places its rows by
+  counting the rows that precede them, so no program waits for another) and counts them per
+  expert (sentinel ids, ``>= E`` or negative, go to an extra last bucket whose rows are written as
+  zeros without any GEMM work). The expert kernel then gathers rows through that order and scatters
+  results back to their original rows.
 
 Activations are quantized first by ``fp8_act_quant``'s kernel (per row and ``block_k`` group; per
 row over all of K in per-tensor mode), one launch over the S rows, so codes and scales are exactly
@@ -51,28 +52,52 @@ from .act_quant import quantize_2d
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
-# The routing kernel sorts all rows in one program up to this many rows; beyond it torch sorts them
-# (H100: one program takes 2-8 us up to 1024 rows and 31-35 us at 4096; torch's sort path 23-94 us).
-_ROUTE_MAX_ROWS = 4096
+# Up to this many rows the routing kernel places them (its work grows with rows squared); beyond it
+# torch sorts them.
+_ROUTE_MAX_ROWS = 16384
+# Rows one routing program places, and ids it compares them with per step.
+_ROUTE_BLOCK_R = 16
+_ROUTE_CHUNK = 256
 
 
 @triton.jit
-def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Order S rows by bucket in one program.
+def _bucket(ids_ptr, rows, valid, E):
+    """bucket(s) = expert_ids[s] when 0 <= id < E, else E (sentinel)."""
+    ids = tl.load(ids_ptr + rows, mask=valid, other=0).to(tl.int64)
+    return tl.where((ids >= 0) & (ids < E), ids, E).to(tl.int32)
 
-    bucket(s) = expert_ids[s] when 0 <= id < E, else E (sentinel). Writes perm (S,) int32: the rows
-    sorted by bucket, ties by row index; ends (E + 1,) int32: the inclusive cumulative row count of
-    buckets 0..E. BLOCK_E > E + 1, so padding lanes land in a bucket that is not stored.
+
+@triton.jit
+def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Order S rows by bucket (stable), BLOCK_R rows per program.
+
+    Row s goes to position pos(s) = the number of rows s' with (bucket(s'), s') < (bucket(s), s),
+    counted over all rows in steps of CHUNK; perm (S,) int32 gets perm[pos(s)] = s. Program 0 also
+    writes ends (E + 1,) int32, the inclusive cumulative row count of buckets 0..E. BLOCK_E > E + 1,
+    so padding lanes land in a bucket that is not stored. No program waits for another.
     """
-    s = tl.arange(0, BLOCK_S)
-    in_range = s < S
-    ids = tl.load(ids_ptr + s, mask=in_range, other=0).to(tl.int64)
-    bucket = tl.where((ids >= 0) & (ids < E), ids, E).to(tl.int32)
-    bucket = tl.where(in_range, bucket, BLOCK_E - 1)
-    e = tl.arange(0, BLOCK_E)
-    tl.store(ends_ptr + e, tl.cumsum(tl.histogram(bucket, BLOCK_E), 0), mask=e <= E)
-    keys = tl.sort(bucket * BLOCK_S + s)
-    tl.store(perm_ptr + s, keys % BLOCK_S, mask=in_range)
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    mine_ok = rows < S
+    mine = _bucket(ids_ptr, rows, mine_ok, E)
+    pos = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for start in range(0, S, CHUNK):
+        others = start + tl.arange(0, CHUNK)
+        others_ok = others < S
+        theirs = _bucket(ids_ptr, others, others_ok, E)
+        before = (theirs[None, :] < mine[:, None]) | (
+            (theirs[None, :] == mine[:, None]) & (others[None, :] < rows[:, None])
+        )
+        pos += tl.sum((before & others_ok[None, :]).to(tl.int32), 1)
+    tl.store(perm_ptr + pos, rows, mask=mine_ok)
+    if pid == 0:
+        counts = tl.zeros((BLOCK_E,), dtype=tl.int32)
+        for start in range(0, S, CHUNK):
+            others = start + tl.arange(0, CHUNK)
+            others_ok = others < S
+            counts += tl.histogram(tl.where(others_ok, _bucket(ids_ptr, others, others_ok, E), BLOCK_E - 1), BLOCK_E)
+        e = tl.arange(0, BLOCK_E)
+        tl.store(ends_ptr + e, tl.cumsum(counts, 0), mask=e <= E)
 
 
 @triton.jit
@@ -192,17 +217,17 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
         return perm.to(torch.int32), ends.to(torch.int32)
     perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
     ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
-    block_s = next_power_of_two(s)
     with on_device_of(expert_ids):
-        wrap_triton(_route_kernel)[(1,)](
+        wrap_triton(_route_kernel)[(cdiv(s, _ROUTE_BLOCK_R),)](
             expert_ids,
             perm,
             ends,
             s,
             num_experts,
-            BLOCK_S=block_s,
+            BLOCK_R=_ROUTE_BLOCK_R,
+            CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
             BLOCK_E=next_power_of_two(num_experts + 2),
-            num_warps=4 if block_s <= 256 else (8 if block_s <= 1024 else 32),
+            num_warps=4,
         )
     return perm, ends
 
