@@ -55,7 +55,7 @@ TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
 # Up to this many rows the routing kernel places them (its work grows with rows squared); beyond it
 # torch sorts them.
 _ROUTE_MAX_ROWS = 16384
-# Rows one routing program places, and ids it compares them with per step.
+# Rows (and bucket ends) one routing program places, and ids it compares them with per step.
 _ROUTE_BLOCK_R = 16
 _ROUTE_CHUNK = 256
 
@@ -68,36 +68,30 @@ def _bucket(ids_ptr, rows, valid, E):
 
 
 @triton.jit
-def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Order S rows by bucket (stable), BLOCK_R rows per program.
+def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr):
+    """Order S rows by bucket (stable). Program p handles the lanes [p * BLOCK_R, (p + 1) * BLOCK_R):
+    it places the rows and writes the ends of the buckets with those indices, counting over all rows
+    in steps of CHUNK.
 
-    Row s goes to position pos(s) = the number of rows s' with (bucket(s'), s') < (bucket(s), s),
-    counted over all rows in steps of CHUNK; perm (S,) int32 gets perm[pos(s)] = s. Program 0 also
-    writes ends (E + 1,) int32, the inclusive cumulative row count of buckets 0..E. BLOCK_E > E + 1,
-    so padding lanes land in a bucket that is not stored. No program waits for another.
+    Row s goes to position pos(s) = the number of rows s' with (bucket(s'), s') < (bucket(s), s):
+    perm (S,) int32 gets perm[pos(s)] = s. ends (E + 1,) int32: ends[b] = the number of rows with
+    bucket <= b (inclusive cumulative counts of buckets 0..E). No program waits for another.
     """
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    mine_ok = rows < S
-    mine = _bucket(ids_ptr, rows, mine_ok, E)
+    lanes = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows_ok = lanes < S
+    mine = _bucket(ids_ptr, lanes, rows_ok, E)
     pos = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    ends = tl.zeros((BLOCK_R,), dtype=tl.int32)
     for start in range(0, S, CHUNK):
         others = start + tl.arange(0, CHUNK)
         others_ok = others < S
         theirs = _bucket(ids_ptr, others, others_ok, E)
-        before = (theirs[None, :] < mine[:, None]) | (
-            (theirs[None, :] == mine[:, None]) & (others[None, :] < rows[:, None])
-        )
+        same = theirs[None, :] == mine[:, None]
+        before = (theirs[None, :] < mine[:, None]) | (same & (others[None, :] < lanes[:, None]))
         pos += tl.sum((before & others_ok[None, :]).to(tl.int32), 1)
-    tl.store(perm_ptr + pos, rows, mask=mine_ok)
-    if pid == 0:
-        counts = tl.zeros((BLOCK_E,), dtype=tl.int32)
-        for start in range(0, S, CHUNK):
-            others = start + tl.arange(0, CHUNK)
-            others_ok = others < S
-            counts += tl.histogram(tl.where(others_ok, _bucket(ids_ptr, others, others_ok, E), BLOCK_E - 1), BLOCK_E)
-        e = tl.arange(0, BLOCK_E)
-        tl.store(ends_ptr + e, tl.cumsum(counts, 0), mask=e <= E)
+        ends += tl.sum(((theirs[None, :] <= lanes[:, None]) & others_ok[None, :]).to(tl.int32), 1)
+    tl.store(perm_ptr + pos, lanes, mask=rows_ok)
+    tl.store(ends_ptr + lanes, ends, mask=lanes <= E)
 
 
 @triton.jit
@@ -218,7 +212,7 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
     perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
     ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
     with on_device_of(expert_ids):
-        wrap_triton(_route_kernel)[(cdiv(s, _ROUTE_BLOCK_R),)](
+        wrap_triton(_route_kernel)[(cdiv(max(s, num_experts + 1), _ROUTE_BLOCK_R),)](
             expert_ids,
             perm,
             ends,
@@ -226,7 +220,6 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
             num_experts,
             BLOCK_R=_ROUTE_BLOCK_R,
             CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
-            BLOCK_E=next_power_of_two(num_experts + 2),
             num_warps=4,
         )
     return perm, ends
