@@ -5,10 +5,14 @@ from kernels.benchmark import Benchmark
 
 
 def _quantize_reference(x: torch.Tensor, group: int) -> torch.Tensor:
-    """Dequantized reference: groups of ``group`` along K scaled to e4m3 and back."""
+    """Dequantized reference: groups of ``group`` along K scaled to e4m3 and back. Computed on the
+    CPU: CUDA torch divides by a Python scalar through its reciprocal, not the IEEE division the
+    contract specifies, which moves some scales by one ulp."""
+    device = x.device
+    x = x.cpu()
     xg = x.float().unflatten(-1, (-1, group))
     s = torch.clamp(xg.abs().amax(dim=-1, keepdim=True) / 448.0, min=1e-12)
-    return (torch.clamp(xg / s, -448.0, 448.0).to(torch.float8_e4m3fn).float() * s).flatten(-2)
+    return (torch.clamp(xg / s, -448.0, 448.0).to(torch.float8_e4m3fn).float() * s).flatten(-2).to(device)
 
 
 class ActQuantBenchmark(Benchmark):
