@@ -14,7 +14,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from run import bench, load_package, random_weight
 
-CASES = [(16, 18432, 7168), (16, 7168, 18432), (128, 18432, 7168), (128, 7168, 18432), (4096, 18432, 7168)]
+CASES = [
+    (16, 18432, 7168),
+    (16, 7168, 18432),
+    (128, 18432, 7168),
+    (128, 7168, 18432),
+    (128, 24576, 1536),
+    (4096, 18432, 7168),
+]
 
 
 def candidates(m: int):
@@ -22,9 +29,11 @@ def candidates(m: int):
         for bn, warps, stages, split_mult in itertools.product((64, 128), (4,), (4, 6), (1, 2, 4)):
             yield {"block_n": bn, "num_warps": warps, "num_stages": stages}, split_mult
     else:
-        for bn, bm, warps, stages in itertools.product((128, 256), (64, 128, 256), (4, 8), (3, 4)):
-            if bn * bm <= 128 * 256:
-                yield {"block_n": bn, "block_m": bm, "num_warps": warps, "num_stages": stages}, 1
+        for bn, bm, warps, stages, split_mult in itertools.product(
+            (64, 128, 256), (64, 128, 256), (4, 8), (3, 4), (1, 2)
+        ):
+            if bn * bm <= 128 * 256 and bm <= m:
+                yield {"block_n": bn, "block_m": bm, "num_warps": warps, "num_stages": stages}, split_mult
 
 
 def main() -> None:
