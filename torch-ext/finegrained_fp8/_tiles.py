@@ -20,8 +20,8 @@ _MIN_K_BLOCKS_PER_SPLIT = 4
 DECODE_MAX_M = 64
 # Up to this many tokens, where the 64 x 128 tiles already give every SM a program, 64 x 64 tiles
 # with 3 stages did better in an H100 sweep (2026-11-25, candidates now in benchmarks/sweep_tiles.py;
-# M=128 and 256: +4-13% on 18432x7168 and
-# 24576x1536); where they do not (7168x18432), split-K over 64 x 128 tiles stays ahead.
+# M=128 and 256: +4-13% on 18432x7168 and 24576x1536); where they do not (7168x18432), split-K over
+# 64 x 128 tiles stays ahead.
 _NARROW_MAX_M = 256
 _NARROW_SHAPE = (64, 64, 4, 3)
 
