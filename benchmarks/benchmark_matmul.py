@@ -57,11 +57,8 @@ class MatmulBenchmark(Benchmark):
     def setup_prefill(self):
         self._setup(self.prefill_tokens)
 
-    def benchmark_prefill(self):
-        self.out = self.kernel.matmul_2d(self.x, self.w, self.ws, [128, 128])
-
-    def verify_prefill(self) -> torch.Tensor:
-        return self._reference()
+    benchmark_prefill = benchmark_decode
+    verify_prefill = verify_decode
 
 
 class ExpertMatmulBenchmark(Benchmark):
@@ -107,11 +104,8 @@ class ExpertMatmulBenchmark(Benchmark):
     def setup_batched_32(self):
         self._setup(self.batch_tokens)
 
-    def benchmark_batched_32(self):
-        self.out = self.kernel.matmul_batched(self.x, self.w, self.ws, self.ids, [128, 128])
-
-    def verify_batched_32(self) -> torch.Tensor:
-        return self._reference()
+    benchmark_batched_32 = benchmark_batched_decode
+    verify_batched_32 = verify_batched_decode
 
     def setup_grouped_prefill(self):
         self._setup(self.prefill_tokens)
@@ -120,5 +114,4 @@ class ExpertMatmulBenchmark(Benchmark):
     def benchmark_grouped_prefill(self):
         self.out = self.kernel.matmul_grouped(self.x, self.w, self.ws, self.offsets, self.tokens_per_expert, [128, 128])
 
-    def verify_grouped_prefill(self) -> torch.Tensor:
-        return self._reference()
+    verify_grouped_prefill = verify_batched_decode
