@@ -379,7 +379,15 @@ def gpu_main(args) -> None:
 def cpu_demo() -> int:
     """Small shapes through the interpreter, every kernel checked against the reference."""
     import interpreter_shim
-    from reference import dequantize_activation, dequantize_weight, matmul_reference, quantize, quantize_weight
+    from reference import (
+        dequantize_activation,
+        dequantize_weight,
+        group_by_expert,
+        matmul_reference,
+        moe_reference,
+        quantize,
+        quantize_weight,
+    )
 
     interpreter_shim.install()
     fp8 = load_package()
@@ -398,12 +406,27 @@ def cpu_demo() -> int:
         ref = matmul_reference(dequantize_activation(a_q, a_s, 128), dequantize_weight(w_q, w_s, (128, 128)))
         err = ((out.double() - ref).norm() / ref.norm()).item()
         checks.append((f"matmul_2d M={m} 320x640", "rel. Frobenius error", err, 1e-6))
-    print(f"{'check':<28} {'measure':<22} {'value':>10} {'limit':>8}  result")
+    experts, rows = 4, 24
+    pairs = [quantize_weight(torch.randn(192, 256), (128, 128)) for _ in range(experts)]
+    w_q, w_s = torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+    a = torch.randn(rows, 256, dtype=torch.bfloat16)
+    ids = torch.randint(0, experts, (rows,))
+    ids[:3] = experts  # expert-parallel sentinels: zero rows
+    ref = moe_reference(a, w_q, w_s, ids, (128, 128))
+    batched = fp8.matmul_batched(a, w_q, w_s, ids, [128, 128], torch.float32)
+    err = ((batched.double() - ref).norm() / ref.norm()).item()
+    checks.append((f"matmul_batched {rows}x256 E={experts}", "rel. Frobenius error", err, 1e-6))
+    a_sorted, offsets, tokens_per_expert, _, perm = group_by_expert(a, ids, experts)
+    routed = int(offsets[-1])
+    grouped = fp8.matmul_grouped(a_sorted, w_q, w_s, offsets, tokens_per_expert, [128, 128], torch.float32)
+    err = ((grouped[:routed].double() - ref[perm][:routed]).norm() / ref.norm()).item()
+    checks.append((f"matmul_grouped {rows}x256 E={experts}", "rel. Frobenius error", err, 1e-6))
+    print(f"{'check':<30} {'measure':<22} {'value':>10} {'limit':>8}  result")
     ok = True
     for name, measure, value, limit in checks:
         passed = value <= limit
         ok &= passed
-        print(f"{name:<28} {measure:<22} {value:10.2e} {limit:8.0e}  {'ok' if passed else 'FAIL'}")
+        print(f"{name:<30} {measure:<22} {value:10.2e} {limit:8.0e}  {'ok' if passed else 'FAIL'}")
     print("CPU demo (Triton interpreter): " + ("all results match the reference" if ok else "MISMATCH"))
     return 0 if ok else 1
 
