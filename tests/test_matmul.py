@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from checks import assert_matches, make_activation, make_weight
@@ -175,9 +177,10 @@ def test_cpu_tensors_refused_when_not_interpreting(fp8, gen, monkeypatch):
 
 
 @requires_cuda
-def test_compile_fullgraph(fp8, gen):
+@pytest.mark.parametrize("m", [7, 256])  # 256: the Hopper Gluon kernel, reached through its opaque op
+def test_compile_fullgraph(fp8, gen, m):
     b, b_s = make_weight(256, 2048, (128, 128), gen, "cuda")
-    x = make_activation((7, 2048), torch.bfloat16, gen, "cuda")
+    x = make_activation((m, 2048), torch.bfloat16, gen, "cuda")
     compiled = torch.compile(lambda t: fp8.matmul_2d(t, b, b_s, [128, 128]), fullgraph=True)
     assert torch.equal(compiled(x), fp8.matmul_2d(x, b, b_s, [128, 128]))
 
@@ -199,3 +202,55 @@ def test_cuda_graph_replay_with_new_values(fp8, gen, m):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, fp8.matmul_2d(x, b, b_s, [128, 128]))
+
+
+def _dense_module(fp8):
+    return sys.modules[fp8.matmul_2d.__module__]
+
+
+requires_hopper = pytest.mark.skipif(
+    not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the Gluon kernel runs on Hopper (sm_90)"
+)
+
+
+@requires_hopper
+@pytest.mark.parametrize(
+    "m, n, k, out_dtype, ue8m0, static",
+    [
+        (65, 200, 1040, torch.bfloat16, False, False),  # 64-token tiles, N and K tails
+        (300, 384, 2048, torch.float32, False, False),  # 128-token tiles, M tail
+        (1000, 1000, 1024, torch.float16, True, False),
+        (257, 256, 512, torch.bfloat16, False, True),  # one static activation scale
+    ],
+)
+def test_wgmma_kernel_matches_plain_triton_twin(fp8, gen, m, n, k, out_dtype, ue8m0, static):
+    """The Hopper Gluon kernel agrees with the plain-Triton kernel CI tests to the output's rounding.
+
+    Not bitwise: the two put tokens and weights on opposite sides of the wgmma, and the tensor
+    cores sum a K block's 128 products in an order of their own."""
+    dense = _dense_module(fp8)
+    b, b_s = make_weight(n, k, (128, 128), gen, "cuda", ue8m0=ue8m0)
+    x = make_activation((m, k), torch.float32, gen, "cuda")
+    if static:
+        a_s = torch.tensor([x.abs().max().item() / 448.0], device="cuda")
+        a_q = quantize_static(x.cpu(), a_s.cpu()).cuda()
+    else:
+        a_q, a_s = fp8.fp8_act_quant(x, 128)
+    gluon_out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")
+    twin_out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")
+    assert dense._wgmma.serves(a_q, b, gluon_out, (128, 128))
+    dense.launch_gemm(b, b_s, a_q, a_s, gluon_out, (128, 128))
+    plain_tiles = dense.gemm_tiles(m, n, k, 128, a_q.device)
+    dense.launch_gemm(b, b_s, a_q, a_s, twin_out, (128, 128), plain_tiles)
+    assert not gluon_out.isnan().any()
+    ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 2**-20}[out_dtype]
+    torch.testing.assert_close(gluon_out, twin_out, rtol=ulp, atol=ulp * twin_out.abs().max().item())
+
+
+@requires_hopper
+def test_wgmma_op_opcheck(fp8, gen):
+    utils = tuple(u for u in OPCHECK_UTILS if u != "test_schema")
+    b, b_s = make_weight(256, 512, (128, 128), gen, "cuda")
+    a_q, a_s = fp8.fp8_act_quant(make_activation((130, 512), torch.bfloat16, gen, "cuda"), 128)
+    out = torch.empty((130, 256), dtype=torch.bfloat16, device="cuda")
+    torch.library.opcheck(fp8.ops.gemm_wgmma, (a_q, b, a_s, b_s, out), test_utils=utils)

@@ -23,7 +23,7 @@ _Impl = TypeVar("_Impl", bound=Callable[..., object])
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _is_plain_eager_call(args: tuple) -> bool:
+def is_plain_eager_call(args: tuple) -> bool:
     """An eager call on ordinary tensors: no compile, export or jit trace, no dispatch mode watching,
     no fake or functional tensor subclass, no autograd graph to record."""
     if set_wrap_triton_enabled is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -46,7 +46,7 @@ def registered_op(name: str) -> Callable[[_Impl], _Impl]:
 
         @functools.wraps(impl)
         def call(*args):
-            if not _is_plain_eager_call(args):
+            if not is_plain_eager_call(args):
                 return op(*args)
             with set_wrap_triton_enabled(False):  # else each launch is a higher-order op (~1 ms)
                 return impl(*args)

@@ -24,6 +24,8 @@ DECODE_MAX_M = 64
 # 64 x 128 tiles stays ahead.
 _NARROW_MAX_M = 256
 _NARROW_SHAPE = (64, 64, 4, 3)
+# Up to this depth the Gluon GEMM keeps 64-token tiles at every M (see wgmma_tiles).
+_SHORT_K = 2048
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     k_blocks = cdiv(k, block_k)
     split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
     return _gemm_tiles(shape, block_k, k_blocks, split)
+
+
+def wgmma_tiles(m: int, k: int) -> tuple[int, int, int] | None:
+    """(block_m, stages, num_warps) of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens and depth
+    ``k``, or None where the plain-Triton kernel is faster (decode sizes stream weights through
+    narrow tiles). One warpgroup per 64 token rows; the weight tile is 128 rows.
+
+    H100 sweep (2026-11-25, 18432x7168, 7168x18432, 24576x1536 at M = 128-4096, candidates in
+    benchmarks/sweep_tiles.py): 128-token tiles with 4 stages lead from M = 512 (850-980 TFLOPS);
+    up to 256 tokens, and for short K where a tile's prologue and epilogue weigh more, 64-token
+    tiles with 3 stages (three programs per SM) lead.
+    """
+    if m <= DECODE_MAX_M:
+        return None
+    if m <= _NARROW_MAX_M or k <= _SHORT_K:
+        return 64, 3, 4
+    return 128, 4, 8
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:

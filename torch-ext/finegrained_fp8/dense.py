@@ -30,6 +30,11 @@ from ._validation import (
 )
 from .act_quant import as_rows, quantize_2d
 
+try:  # Gluon (Triton >= 3.6): the Hopper kernel for prefill sizes
+    from . import _wgmma
+except ImportError:
+    _wgmma = None
+
 
 @triton.jit
 def _gemm_kernel(
@@ -126,11 +131,16 @@ def launch_gemm(
     """Compute ``out (M, N) = x (M, K) @ w (N, K).T`` with scales; launch under x's device.
 
     ``block`` is (block_n, block_k) or None for per-tensor weight scales. ``xs``: activation scales
-    (M, ceil(K / block_k)), per-row (M,) / (M, 1), or one element (static scheme).
+    (M, ceil(K / block_k)), per-row (M,) / (M, 1), or one element (static scheme). ``tiles``
+    forces the plain-Triton kernel with those tiles (tile sweeps); else Hopper prefill sizes run
+    the Gluon kernel (``_wgmma``, same numerics).
     """
     m, k = x.shape
     n = w.shape[0]
     if m == 0 or n == 0:
+        return
+    if tiles is None and _wgmma is not None and _wgmma.serves(x, w, out, block):
+        _wgmma.launch(x, w, xs, ws, out)
         return
     per_k_scale = block is not None
     tiles = tiles or gemm_tiles(m, n, k, block[1] if per_k_scale else 128, x.device)
