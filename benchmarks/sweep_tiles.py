@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Tile-configuration sweep for the dense GEMM (GPU only): how the shipped choice of
-``_tiles.gemm_tiles`` was made. Prints the median time of each candidate next to the shipped one."""
+"""Tile-configuration sweeps for the dense GEMM (GPU only): how the shipped choices of
+``_tiles.gemm_tiles`` (plain-Triton kernel) and ``_tiles.wgmma_tiles`` (Hopper Gluon kernel, with
+``--wgmma``) were made. Prints the median time of each candidate next to the shipped one."""
 
 from __future__ import annotations
 
@@ -36,8 +37,38 @@ def candidates(m: int):
                 yield {"block_n": bn, "block_m": bm, "num_warps": warps, "num_stages": stages}, split_mult
 
 
+WGMMA_CASES = [(m, n, k) for m in (256, 1024, 4096, 8192) for n, k in ((18432, 7168), (7168, 18432), (24576, 1536))]
+
+
+def wgmma_candidates(tiles_type):
+    for block_m, stages in itertools.product((64, 128), (3, 4, 5)):
+        for per_sm in (1, 2) if block_m == 64 else (1,):
+            max_registers = 128 if per_sm == 2 else 168
+            yield tiles_type(block_m, stages, block_m // 16, per_sm, max_registers)
+
+
+def sweep_wgmma(fp8) -> None:
+    wgmma = sys.modules[f"{fp8.__name__}._wgmma"]
+    tiles_mod = sys.modules[f"{fp8.__name__}._tiles"]
+    for m, n, k in WGMMA_CASES:
+        w, ws = random_weight(n, k, "cuda")
+        q, s = fp8.fp8_act_quant(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), 128)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        flops = 2 * m * n * k
+        shipped = tiles_mod.wgmma_tiles(m, k)
+        base = bench(lambda: lambda: wgmma._launch(q, w, s, ws, out), n * k)
+        line = f"M={m} N={n} K={k}: shipped {shipped} {flops / base / 1e9:.0f} TF |"
+        for t in wgmma_candidates(type(shipped)):
+            ms = bench(lambda t=t: lambda: wgmma._launch(q, w, s, ws, out, t), n * k)
+            line += f" {t.block_m}/{t.stages}/{t.programs_per_sm} {flops / ms / 1e9:.0f}"
+        print(line, flush=True)
+
+
 def main() -> None:
     fp8 = load_package()
+    if "--wgmma" in sys.argv:
+        sweep_wgmma(fp8)
+        return
     dense = sys.modules[f"{fp8.__name__}.dense"]
     tiles_mod = sys.modules[f"{fp8.__name__}._tiles"]
     for m, n, k in CASES:

@@ -24,8 +24,6 @@ DECODE_MAX_M = 64
 # 64 x 128 tiles stays ahead.
 _NARROW_MAX_M = 256
 _NARROW_SHAPE = (64, 64, 4, 3)
-# Up to this depth the Gluon GEMM keeps 64-token tiles at every M (see wgmma_tiles).
-_SHORT_K = 2048
 
 
 @dataclass(frozen=True)
@@ -79,21 +77,28 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     return _gemm_tiles(shape, block_k, k_blocks, split)
 
 
-def wgmma_tiles(m: int, k: int) -> tuple[int, int, int] | None:
-    """(block_m, stages, num_warps) of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens and depth
-    ``k``, or None where the plain-Triton kernel is faster (decode sizes stream weights through
-    narrow tiles). One warpgroup per 64 token rows; the weight tile is 128 rows.
+@dataclass(frozen=True)
+class WgmmaTiles:
+    block_m: int  # tokens per tile (the weight tile is 128 rows)
+    stages: int  # shared-memory ring slots
+    num_warps: int  # math warps: one warpgroup per 64 token rows (plus one loader warp)
+    programs_per_sm: int  # persistent programs per SM
+    max_registers: int  # per thread, so that programs_per_sm programs fit an SM's 64K registers
 
-    H100 sweep (2026-11-25, 18432x7168, 7168x18432, 24576x1536 at M = 128-4096, candidates in
-    benchmarks/sweep_tiles.py): 128-token tiles with 4 stages lead from M = 512 (850-980 TFLOPS);
-    up to 256 tokens, and for short K where a tile's prologue and epilogue weigh more, 64-token
-    tiles with 3 stages (three programs per SM) lead.
+
+def wgmma_tiles(m: int, k: int) -> WgmmaTiles | None:
+    """Tiles of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens, or None where the plain-Triton
+    kernel is faster (decode sizes stream weights through narrow tiles).
+
+    H100 sweep (2026-11-25, 18432x7168, 7168x18432, 24576x1536 at M = 256-8192; candidates in
+    benchmarks/sweep_tiles.py): from 512 tokens 128-token tiles with 3 stages, one program per SM
+    (860-1063 TFLOPS); up to 256 tokens 64-token tiles, two programs per SM (730-815).
     """
     if m <= DECODE_MAX_M:
         return None
-    if m <= _NARROW_MAX_M or k <= _SHORT_K:
-        return 64, 3, 4
-    return 128, 4, 8
+    if m <= _NARROW_MAX_M:
+        return WgmmaTiles(block_m=64, stages=3, num_warps=4, programs_per_sm=2, max_registers=128)
+    return WgmmaTiles(block_m=128, stages=3, num_warps=8, programs_per_sm=1, max_registers=168)
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:

@@ -27,27 +27,113 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import cdiv, is_plain_eager_call, on_device_of
+from ._launch import cdiv, is_plain_eager_call, multiprocessor_count, on_device_of
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
-from ._tiles import wgmma_tiles
+from ._tiles import WgmmaTiles, wgmma_tiles
 
 # The one block shape the kernel serves: a weight tile of 128 rows shares one scale per K block.
 BLOCK_SHAPE = (128, 128)
 # TMA moves rows whose start and stride are multiples of 16 bytes.
 _TMA_ALIGN = 16
+# The loader warp only computes addresses: the fewest registers a warp can be given.
+_LOADER_REGISTERS = gl.constexpr(24)
 
 
 @gluon.jit
-def _copy_k_block(x_desc, w_desc, x_ring, w_ring, ready, kb, off_m, off_n, k_blocks, STAGES: gl.constexpr):
-    """Start the TMA copies of K block ``kb`` of both operands into ring slot ``kb % STAGES``."""
-    slot = kb % STAGES
-    valid = kb < k_blocks
-    bar = ready.index(slot)
-    block_k: gl.constexpr = x_desc.block_type.shape[1]
-    mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=valid)
-    tma.async_copy_global_to_shared(x_desc, [off_m, kb * block_k], bar, x_ring.index(slot), pred=valid)
-    tma.async_copy_global_to_shared(w_desc, [off_n, kb * block_k], bar, w_ring.index(slot), pred=valid)
+def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """(first token row, weight tile index) of output tile ``tile``: GROUP_M consecutive tiles walk
+    the weight tiles of GROUP_M token tiles, so both operands stay in L2."""
+    tiles_m = gl.cdiv(M, BLOCK_M)
+    per_group = GROUP_M * gl.cdiv(N, BLOCK_N)
+    first_m = (tile // per_group) * GROUP_M
+    group_rows = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % per_group) % group_rows
+    pid_n = (tile % per_group) // group_rows
+    return pid_m * BLOCK_M, pid_n
+
+
+@gluon.jit
+def _load_partition(x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, GROUP_M: gl.constexpr):
+    """One warp: TMA copies of every K block of this program's tiles into the ring, as slots free up."""
+    STAGES: gl.constexpr = x_ring.type.shape[0]
+    BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    k_blocks = gl.cdiv(K, BLOCK_K)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    step = 0  # K blocks loaded so far, over all tiles: selects the slot and its phase
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        off_m, pid_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        for kb in range(k_blocks):
+            slot = step % STAGES
+            # Barriers start out as if a phase-1 wait had completed: the first round finds every slot free.
+            mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)
+            bar = ready.index(slot)
+            mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(x_desc, [off_m, kb * BLOCK_K], bar, x_ring.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [pid_n * BLOCK_N, kb * BLOCK_K], bar, w_ring.index(slot))
+            step += 1
+
+
+@gluon.jit
+def _mma_partition(
+    x_ring,
+    w_ring,
+    ready,
+    empty,
+    xs_ptr,
+    ws_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_xsm,
+    stride_xsk,
+    stride_wsn,
+    stride_wsk,
+    stride_om,
+    GROUP_M: gl.constexpr,
+    WS_UE8M0: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """The math warps (one warpgroup per 64 token rows): per K block one wgmma into a fresh
+    product, its slot handed back to the loader, then the scaled product added in float32; per tile
+    the store, while the loader already fills the ring for the next tile."""
+    STAGES: gl.constexpr = x_ring.type.shape[0]
+    BLOCK_M: gl.constexpr = x_ring.type.shape[1]
+    BLOCK_K: gl.constexpr = x_ring.type.shape[2]
+    BLOCK_N: gl.constexpr = w_ring.type.shape[1]
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
+    )
+    # Through shared memory to a row-major layout for the store: each thread writes 8 consecutive columns.
+    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    k_blocks = gl.cdiv(K, BLOCK_K)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    step = 0
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        off_m, pid_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+        xs_rows = xs_ptr + gl.minimum(rows, M - 1) * stride_xsm
+        ws_tile = ws_ptr + pid_n * stride_wsn
+        acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=acc_layout)
+        for kb in range(k_blocks):
+            slot = step % STAGES
+            mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
+            x_tile = x_ring.index(slot)
+            w_tile = w_ring.index(slot)
+            product = warpgroup_mma(x_tile, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
+            scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
+            product = warpgroup_mma_wait(0, deps=(product, x_tile, w_tile))[0]
+            mbarrier.arrive(empty.index(slot), count=1)
+            acc += product * scale[:, None]
+            step += 1
+        out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
+        out_rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
+        out_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
+        out_ptrs = out_ptr + out_rows.to(gl.int64)[:, None] * stride_om + out_cols[None, :]
+        gl.store(out_ptrs, out, mask=(out_rows < M)[:, None] & (out_cols < N)[None, :])
 
 
 @gluon.jit
@@ -70,7 +156,7 @@ def _gemm_wgmma_kernel(
     WS_UE8M0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """One program: out tile [BLOCK_M tokens, BLOCK_N columns] over all of K.
+    """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
 
     x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (N, K) e4m3, block [BLOCK_N,
     BLOCK_K] (BLOCK_N = the weight scale block). xs [m, k block] and ws [n block, k block] float32
@@ -80,56 +166,26 @@ def _gemm_wgmma_kernel(
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    # GROUP_M consecutive programs walk the weight tiles of GROUP_M token tiles: both stay in L2.
-    pid = gl.program_id(0)
-    tiles_m = gl.cdiv(M, BLOCK_M)
-    per_group = GROUP_M * gl.cdiv(N, BLOCK_N)
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-
     x_ring = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     w_ring = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
     fence_async_shared()
-    k_blocks = gl.cdiv(K, BLOCK_K)
-    for kb in gl.static_range(STAGES - 1):
-        _copy_k_block(x_desc, w_desc, x_ring, w_ring, ready, kb, off_m, off_n, k_blocks, STAGES)
-
-    # One warp per 16 token rows; a wgmma spans the whole weight tile (n = BLOCK_N).
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
-    )
-    rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-    xs_rows = xs_ptr + gl.minimum(rows, M - 1) * stride_xsm
-    ws_tile = ws_ptr + pid_n * stride_wsn
-    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=acc_layout)
-    for kb in range(k_blocks):
-        slot = kb % STAGES
-        mbarrier.wait(ready.index(slot), (kb // STAGES) & 1)
-        x_tile = x_ring.index(slot)
-        w_tile = w_ring.index(slot)
-        product = warpgroup_mma(x_tile, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
-        # The slot read by the previous block's wgmma (finished) takes block kb + STAGES - 1.
-        _copy_k_block(x_desc, w_desc, x_ring, w_ring, ready, kb + STAGES - 1, off_m, off_n, k_blocks, STAGES)
-        scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
-        product = warpgroup_mma_wait(0, deps=(product, x_tile, w_tile))[0]
-        acc += product * scale[:, None]
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(i))
-
-    # Through shared memory to a row-major layout: each thread stores 8 consecutive columns.
-    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
-    out_rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
-    out_cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
-    out_ptrs = out_ptr + out_rows.to(gl.int64)[:, None] * stride_om + out_cols[None, :]
-    gl.store(out_ptrs, out, mask=(out_rows < M)[:, None] & (out_cols < N)[None, :])
+    gl.warp_specialize(
+        [
+            (
+                _mma_partition,
+                (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, stride_xsm, stride_xsk, stride_wsn,
+                 stride_wsk, stride_om, GROUP_M, WS_UE8M0, num_warps),
+            ),
+            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, GROUP_M)),
+        ],
+        [1],
+        [_LOADER_REGISTERS],
+    )  # fmt: skip
 
 
 def _tma_ready(t: torch.Tensor) -> bool:
@@ -154,23 +210,34 @@ def serves(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, block: tuple[int
     )
 
 
-def _launch(x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
+def _launch(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    xs: torch.Tensor,
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    tiles: WgmmaTiles | None = None,
+) -> None:
+    """Launch on 2-D ``xs`` (or one element); ``tiles`` overrides the shape-based choice (sweeps)."""
     m, k = x.shape
     n = w.shape[0]
-    block_m, stages, num_warps = wgmma_tiles(m, k)
-    x_block = [block_m, BLOCK_SHAPE[1]]
+    tiles = tiles or wgmma_tiles(m, k)
+    x_block = [tiles.block_m, BLOCK_SHAPE[1]]
     w_block = list(BLOCK_SHAPE)
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float8e4nv))
     w_desc = TensorDescriptor.from_tensor(w, w_block, gl.NVMMASharedLayout.get_default_for(w_block, gl.float8e4nv))
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = ws.view(torch.uint8) if ws_ue8m0 else ws
     xs_strides = (0, 0) if xs.numel() == 1 else (xs.stride(0), xs.stride(1))
+    output_tiles = cdiv(m, tiles.block_m) * cdiv(n, BLOCK_SHAPE[0])
+    programs = min(output_tiles, tiles.programs_per_sm * multiprocessor_count(x.device))
     with on_device_of(x):
-        _gemm_wgmma_kernel[(cdiv(m, block_m) * cdiv(n, BLOCK_SHAPE[0]),)](
+        _gemm_wgmma_kernel[(programs,)](
             x_desc, w_desc, xs, ws, out,
             m, n, k,
             *xs_strides, ws.stride(0), ws.stride(1), out.stride(0),
-            GROUP_M=8, STAGES=stages, WS_UE8M0=ws_ue8m0, num_warps=num_warps,
+            GROUP_M=8, STAGES=tiles.stages, WS_UE8M0=ws_ue8m0,
+            num_warps=tiles.num_warps, maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
