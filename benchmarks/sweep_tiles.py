@@ -59,7 +59,7 @@ def sweep_wgmma(fp8) -> None:
         base = bench(lambda: lambda: wgmma._launch(q, w, s, ws, out), n * k)
         line = f"M={m} N={n} K={k}: shipped {shipped} {flops / base / 1e9:.0f} TF |"
         for t in wgmma_candidates(type(shipped)):
-            ms = bench(lambda t=t: lambda: wgmma._launch(q, w, s, ws, out, t), n * k)
+            ms = bench(lambda t=t: lambda: wgmma._launch(q, w, s, ws, out, tiles=t), n * k)
             line += f" {t.block_m}/{t.stages}/{t.programs_per_sm} {flops / ms / 1e9:.0f}"
         print(line, flush=True)
 

@@ -36,6 +36,9 @@ BACKEND = "cuda" if HAS_CUDA else "cpu"
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if HAS_CUDA else ())
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs on the device machine)")
+requires_hopper = pytest.mark.skipif(
+    not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the Gluon kernels run on Hopper (sm_90)"
+)
 
 
 def build_package(out: Path, tree_id: str | None = None) -> Path:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from checks import assert_matches, make_activation, make_weight
-from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
+from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda, requires_hopper
 from reference import (
     FP8,
     dequantize_activation,
@@ -208,11 +208,6 @@ def _dense_module(fp8):
     return sys.modules[fp8.matmul_2d.__module__]
 
 
-requires_hopper = pytest.mark.skipif(
-    not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the Gluon kernel runs on Hopper (sm_90)"
-)
-
-
 @requires_hopper
 @pytest.mark.parametrize(
     "m, n, k, out_dtype, ue8m0, static",
@@ -238,7 +233,7 @@ def test_wgmma_kernel_matches_plain_triton_twin(fp8, gen, m, n, k, out_dtype, ue
         a_q, a_s = fp8.fp8_act_quant(x, 128)
     gluon_out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")
     twin_out = torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")
-    assert dense._wgmma.serves(a_q, b, gluon_out, (128, 128))
+    assert dense.hopper_gemm.serves(a_q, b, gluon_out, (128, 128))
     dense.launch_gemm(b, b_s, a_q, a_s, gluon_out, (128, 128))
     plain_tiles = dense.gemm_tiles(m, n, k, 128, a_q.device)
     dense.launch_gemm(b, b_s, a_q, a_s, twin_out, (128, 128), plain_tiles)
@@ -253,4 +248,4 @@ def test_wgmma_op_opcheck(fp8, gen):
     b, b_s = make_weight(256, 512, (128, 128), gen, "cuda")
     a_q, a_s = fp8.fp8_act_quant(make_activation((130, 512), torch.bfloat16, gen, "cuda"), 128)
     out = torch.empty((130, 256), dtype=torch.bfloat16, device="cuda")
-    torch.library.opcheck(fp8.ops.gemm_wgmma, (a_q, b, a_s, b_s, out), test_utils=utils)
+    torch.library.opcheck(fp8.ops.gemm_wgmma, (a_q, b, a_s, b_s, out, None), test_utils=utils)

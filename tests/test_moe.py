@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from checks import assert_matches, make_activation, make_expert_weights
-from conftest import OPCHECK_UTILS, requires_cuda
+from conftest import OPCHECK_UTILS, requires_cuda, requires_hopper
 from reference import group_by_expert, moe_reference
 
 BLOCK = (128, 128)
@@ -197,10 +197,11 @@ def test_opcheck(fp8, device, gen):
 
 
 @requires_cuda
-def test_compile_fullgraph(fp8, gen):
+@pytest.mark.parametrize("rows", [24, 1200])  # 1200: grouped prefill on the Hopper Gluon kernel, through its op
+def test_compile_fullgraph(fp8, gen, rows):
     b, bs = make_expert_weights(8, 256, 512, BLOCK, gen, "cuda")
-    a = make_activation((24, 512), torch.bfloat16, gen, "cuda")
-    ids = random_ids(24, 8, gen, "cuda", sentinels=3)
+    a = make_activation((rows, 512), torch.bfloat16, gen, "cuda")
+    ids = random_ids(rows, 8, gen, "cuda", sentinels=3)
     a_sorted, offsets, tpe, _, _ = group_by_expert(a, ids, 8)
 
     def both(x, e, xs, off, t):
@@ -213,7 +214,7 @@ def test_compile_fullgraph(fp8, gen):
 
 
 @requires_cuda
-@pytest.mark.parametrize("rows", [8, 600])
+@pytest.mark.parametrize("rows", [8, 600, 2000])  # 2000: grouped on the Hopper Gluon kernel
 def test_cuda_graph_replay_with_new_routing(fp8, gen, rows):
     """Captured once, replayed with different routing and values: same as eager calls."""
     experts = 16
@@ -260,3 +261,49 @@ def test_expert_offsets_beyond_int32(fp8, gen):
     assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), ref, torch.bfloat16)
     out, _ = grouped_call(fp8, a, b, bs, ids, BLOCK, tpe_dtype=torch.int32)
     assert_matches(out, ref, torch.bfloat16)
+
+
+def _moe_module(fp8):
+    return sys.modules[fp8.matmul_grouped.__module__]
+
+
+@requires_hopper
+@pytest.mark.parametrize(
+    "experts, rows, n, k, routing",
+    [
+        (4, 700, 200, 1040, "skewed"),  # N and K tails, an empty expert, unrouted tail rows
+        (1, 300, 384, 512, "balanced"),
+        (256, 20000, 256, 256, "balanced"),  # every expert busy
+        (131, 9000, 4096, 4096, "last two"),  # E * N * K > 2**31
+    ],
+)
+def test_grouped_wgmma_kernel_matches_plain_triton_twin(fp8, gen, experts, rows, n, k, routing):
+    """Grouped prefill on the Hopper Gluon kernel agrees with the plain-Triton kernel to the
+    output's rounding (see test_matmul's twin test), and leaves rows past the last offset unwritten."""
+    moe = _moe_module(fp8)
+    if routing == "last two":
+        b = torch.zeros(experts, n, k, dtype=torch.float8_e4m3fn, device="cuda")
+        b[-2:], last_s = make_expert_weights(2, n, k, BLOCK, gen, "cuda")
+        bs = torch.ones(experts, n // 128, k // 128, device="cuda")
+        bs[-2:] = last_s
+        ids = torch.randint(experts - 2, experts, (rows,), generator=gen)
+    else:
+        b, bs = make_expert_weights(experts, n, k, BLOCK, gen, "cuda")
+        ids = torch.randint(0, experts, (rows,), generator=gen)
+        if routing == "skewed":
+            ids[: rows // 2] = 0
+            ids[ids == 2] = 3  # expert 2 stays empty
+            ids[-37:] = experts  # sentinels: a tail of rows no expert owns
+    x_sorted, offsets, _, _, _ = group_by_expert(make_activation((rows, k), torch.bfloat16, gen, "cpu"), ids, experts)
+    x_sorted, offsets = x_sorted.cuda(), offsets.cuda()
+    gluon_out = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    twin_out = gluon_out.clone()
+    assert moe.hopper_gemm.serves(x_sorted.to(torch.float8_e4m3fn), b, gluon_out, BLOCK, True)
+    moe.launch_expert_gemm(x_sorted, b, bs, gluon_out, offsets, None, BLOCK, False)
+    plain_tiles = moe.expert_tiles(rows, experts, k, 128)
+    moe.launch_expert_gemm(x_sorted, b, bs, twin_out, offsets, None, BLOCK, False, plain_tiles)
+    routed = int(offsets[-1])
+    assert gluon_out[routed:].isnan().all(), "rows past the last offset were written"
+    assert not gluon_out[:routed].isnan().any()
+    scale = twin_out[:routed].abs().max().item()
+    torch.testing.assert_close(gluon_out[:routed], twin_out[:routed], rtol=2**-7, atol=2**-7 * scale)

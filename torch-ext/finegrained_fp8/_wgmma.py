@@ -27,7 +27,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import cdiv, is_plain_eager_call, multiprocessor_count, on_device_of
+from ._launch import cdiv, is_plain_eager_call, multiprocessor_count, next_power_of_two, on_device_of
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
 from ._tiles import WgmmaTiles, wgmma_tiles
@@ -41,38 +41,104 @@ _LOADER_REGISTERS = gl.constexpr(24)
 
 
 @gluon.jit
-def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
-    """(first token row, weight tile index) of output tile ``tile``: GROUP_M consecutive tiles walk
-    the weight tiles of GROUP_M token tiles, so both operands stay in L2."""
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _expert_rows(pid_m, ends_ptr, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
+    """(expert, first row, end row) of token tile ``pid_m`` when expert e owns rows [ends[e - 1],
+    ends[e]) cut into tiles of BLOCK_M (the Gluon form of ``moe._expert_tile``: the tile table is
+    a prefix sum of per-expert tile counts, rebuilt from one vector load). Surplus tiles get
+    expert >= num_experts."""
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    e = gl.arange(0, BLOCK_E, layout=layout)
+    valid = e < num_experts
+    ends = gl.load(ends_ptr + e, mask=valid, other=0).to(gl.int32)
+    starts = gl.load(ends_ptr + e - 1, mask=valid & (e > 0), other=0).to(gl.int32)
+    tiles = gl.where(valid, gl.cdiv(gl.maximum(ends - starts, 0), BLOCK_M), 0)
+    tile_ends = gl.associative_scan(tiles, 0, _add)
+    expert = gl.sum((tile_ends <= pid_m).to(gl.int32), 0)
+    mine = e == expert
+    first_tile = gl.sum(gl.where(mine, tile_ends - tiles, 0), 0)
+    start = gl.sum(gl.where(mine, starts, 0), 0) + (pid_m - first_tile) * BLOCK_M
+    return expert, start, gl.sum(gl.where(mine, ends, 0), 0)
+
+
+@gluon.jit
+def _tile_origin(
+    tile,
+    M,
+    N,
+    ends_ptr,
+    num_experts,
+    BLOCK_M: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    GROUP_M: gl.constexpr,
+    BLOCK_E: gl.constexpr,
+):
+    """(expert, first row, end row, weight tile) of output tile ``tile``. GROUP_M consecutive tiles
+    walk the weight tiles of GROUP_M token tiles, so both operands stay in L2. Dense (BLOCK_E = 0):
+    M rows, one expert. Grouped: M bounds the token tiles of any routing (see ``_expert_rows``)."""
     tiles_m = gl.cdiv(M, BLOCK_M)
+    if BLOCK_E > 0:
+        tiles_m += num_experts
     per_group = GROUP_M * gl.cdiv(N, BLOCK_N)
     first_m = (tile // per_group) * GROUP_M
     group_rows = min(tiles_m - first_m, GROUP_M)
     pid_m = first_m + (tile % per_group) % group_rows
     pid_n = (tile % per_group) // group_rows
-    return pid_m * BLOCK_M, pid_n
+    if BLOCK_E > 0:
+        expert, start, end = _expert_rows(pid_m, ends_ptr, num_experts, BLOCK_M, BLOCK_E)
+    else:
+        expert, start, end = 0, pid_m * BLOCK_M, M
+    return expert, start, end, pid_n
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, GROUP_M: gl.constexpr):
+def _tile_count(M, N, num_experts, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_E: gl.constexpr):
+    tiles_m = gl.cdiv(M, BLOCK_M)
+    if BLOCK_E > 0:
+        tiles_m += num_experts
+    return tiles_m * gl.cdiv(N, BLOCK_N)
+
+
+@gluon.jit
+def _load_partition(
+    x_desc,
+    w_desc,
+    x_ring,
+    w_ring,
+    ready,
+    empty,
+    M,
+    N,
+    K,
+    ends_ptr,
+    num_experts,
+    GROUP_M: gl.constexpr,
+    BLOCK_E: gl.constexpr,
+):
     """One warp: TMA copies of every K block of this program's tiles into the ring, as slots free up."""
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     k_blocks = gl.cdiv(K, BLOCK_K)
-    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
     step = 0  # K blocks loaded so far, over all tiles: selects the slot and its phase
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        off_m, pid_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        for kb in range(k_blocks):
+        expert, start, _, pid_n = _tile_origin(tile, M, N, ends_ptr, num_experts, BLOCK_M, BLOCK_N, GROUP_M, BLOCK_E)
+        # Expert e's weight rows start at row e * N of the (E * N, K) view.
+        w_row = expert * N + pid_n * BLOCK_N
+        for kb in range(k_blocks * (expert < num_experts)):
             slot = step % STAGES
             # Barriers start out as if a phase-1 wait had completed: the first round finds every slot free.
             mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)
             bar = ready.index(slot)
             mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(x_desc, [off_m, kb * BLOCK_K], bar, x_ring.index(slot))
-            tma.async_copy_global_to_shared(w_desc, [pid_n * BLOCK_N, kb * BLOCK_K], bar, w_ring.index(slot))
+            tma.async_copy_global_to_shared(x_desc, [start, kb * BLOCK_K], bar, x_ring.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [w_row, kb * BLOCK_K], bar, w_ring.index(slot))
             step += 1
 
 
@@ -88,12 +154,16 @@ def _mma_partition(
     M,
     N,
     K,
+    ends_ptr,
+    num_experts,
     stride_xsm,
     stride_xsk,
+    stride_wse,
     stride_wsn,
     stride_wsk,
     stride_om,
     GROUP_M: gl.constexpr,
+    BLOCK_E: gl.constexpr,
     WS_UE8M0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
@@ -110,15 +180,17 @@ def _mma_partition(
     # Through shared memory to a row-major layout for the store: each thread writes 8 consecutive columns.
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     k_blocks = gl.cdiv(K, BLOCK_K)
-    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
     step = 0
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        off_m, pid_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-        xs_rows = xs_ptr + gl.minimum(rows, M - 1) * stride_xsm
-        ws_tile = ws_ptr + pid_n * stride_wsn
+        expert, start, end, pid_n = _tile_origin(tile, M, N, ends_ptr, num_experts, BLOCK_M, BLOCK_N, GROUP_M, BLOCK_E)
+        is_work = expert < num_experts
+        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+        # Rows past the tile's rows read the last one's scales; they are never stored.
+        xs_rows = xs_ptr + gl.maximum(gl.minimum(rows, gl.minimum(end, M) - 1), 0).to(gl.int64) * stride_xsm
+        ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + pid_n * stride_wsn
         acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=acc_layout)
-        for kb in range(k_blocks):
+        for kb in range(k_blocks * is_work):
             slot = step % STAGES
             mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
             x_tile = x_ring.index(slot)
@@ -130,10 +202,11 @@ def _mma_partition(
             acc += product * scale[:, None]
             step += 1
         out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
-        out_rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
+        out_rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
         out_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
         out_ptrs = out_ptr + out_rows.to(gl.int64)[:, None] * stride_om + out_cols[None, :]
-        gl.store(out_ptrs, out, mask=(out_rows < M)[:, None] & (out_cols < N)[None, :])
+        row_ok = (out_rows < end) & (out_rows < M) & is_work
+        gl.store(out_ptrs, out, mask=row_ok[:, None] & (out_cols < N)[None, :])
 
 
 @gluon.jit
@@ -146,22 +219,29 @@ def _gemm_wgmma_kernel(
     M,
     N,
     K,
+    ends_ptr,
+    num_experts,
     stride_xsm,
     stride_xsk,
+    stride_wse,
     stride_wsn,
     stride_wsk,
     stride_om,
     GROUP_M: gl.constexpr,
+    BLOCK_E: gl.constexpr,
     STAGES: gl.constexpr,
     WS_UE8M0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
 
-    x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (N, K) e4m3, block [BLOCK_N,
-    BLOCK_K] (BLOCK_N = the weight scale block). xs [m, k block] and ws [n block, k block] float32
-    scales (ws UE8M0 codes when WS_UE8M0) through strides; out (M, N) through ``stride_om``.
-    Out-of-range rows and K columns are zero-filled by TMA and never stored.
+    x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (E * N, K) e4m3 (E = 1 for a
+    dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = the weight scale block). xs [m, k block] and
+    ws [e, n block, k block] float32 scales (ws UE8M0 codes when WS_UE8M0) through strides; out
+    (M, N) through ``stride_om``. Grouped (BLOCK_E > 0): rows sorted by expert, ``ends_ptr`` the
+    inclusive cumulative row counts of the ``num_experts`` experts; rows past the last end are
+    neither read for work nor written. Out-of-range rows and K columns are zero-filled by TMA and
+    never stored.
     """
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -178,10 +258,13 @@ def _gemm_wgmma_kernel(
         [
             (
                 _mma_partition,
-                (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, stride_xsm, stride_xsk, stride_wsn,
-                 stride_wsk, stride_om, GROUP_M, WS_UE8M0, num_warps),
+                (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts, stride_xsm,
+                 stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E, WS_UE8M0, num_warps),
             ),
-            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, GROUP_M)),
+            (
+                _load_partition,
+                (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M, BLOCK_E),
+            ),
         ],
         [1],
         [_LOADER_REGISTERS],
@@ -196,16 +279,33 @@ def _tma_ready(t: torch.Tensor) -> bool:
     )
 
 
-def serves(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, block: tuple[int, int] | None) -> bool:
-    """Whether this kernel computes ``launch_gemm(w, ws, x, xs, out, block)``: a Hopper GPU, 128x128
-    weight blocks, prefill sizes, TMA-aligned operands. Decided from metadata alone (FakeTensor-safe)."""
+def _experts_and_rows(w: torch.Tensor) -> tuple[int, int]:
+    """(E, N) of (N, K) dense or (E, N, K) stacked expert weights."""
+    return (1, w.shape[0]) if w.dim() == 2 else (w.shape[0], w.shape[1])
+
+
+def _tiles_for(x: torch.Tensor, w: torch.Tensor, grouped: bool) -> WgmmaTiles | None:
+    """Tiles sized for the rows one weight matrix gets: all of them (dense), or the average per expert."""
+    rows, k = x.shape
+    experts = _experts_and_rows(w)[0]
+    return wgmma_tiles(cdiv(rows, max(1, min(rows, experts))) if grouped else rows, k)
+
+
+def serves(
+    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, block: tuple[int, int] | None, grouped: bool = False
+) -> bool:
+    """Whether ``launch`` computes this product: a Hopper GPU, 128x128 weight blocks, prefill sizes,
+    TMA-aligned operands, experts stacked back to back. From metadata alone (FakeTensor-safe)."""
+    experts, n = _experts_and_rows(w)
+    back_to_back = experts == 1 or w.stride(0) == n * w.stride(1)  # a (E * N, K) view exists
     return (
         x.device.type == "cuda"
         and torch.cuda.get_device_capability(x.device) == (9, 0)
         and block == BLOCK_SHAPE
-        and wgmma_tiles(*x.shape) is not None
+        and _tiles_for(x, w, grouped) is not None
         and _tma_ready(x)
-        and _tma_ready(w)
+        and back_to_back
+        and _tma_ready(w.reshape(experts * n, w.shape[-1]))
         and out.stride(-1) == 1
     )
 
@@ -216,49 +316,69 @@ def _launch(
     xs: torch.Tensor,
     ws: torch.Tensor,
     out: torch.Tensor,
+    ends: torch.Tensor | None = None,
     tiles: WgmmaTiles | None = None,
 ) -> None:
     """Launch on 2-D ``xs`` (or one element); ``tiles`` overrides the shape-based choice (sweeps)."""
     m, k = x.shape
-    n = w.shape[0]
-    tiles = tiles or wgmma_tiles(m, k)
+    experts, n = _experts_and_rows(w)
+    grouped = ends is not None
+    tiles = tiles or _tiles_for(x, w, grouped)
     x_block = [tiles.block_m, BLOCK_SHAPE[1]]
     w_block = list(BLOCK_SHAPE)
-    x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float8e4nv))
-    w_desc = TensorDescriptor.from_tensor(w, w_block, gl.NVMMASharedLayout.get_default_for(w_block, gl.float8e4nv))
+    x_layout = gl.NVMMASharedLayout.get_default_for(x_block, gl.float8e4nv)
+    w_layout = gl.NVMMASharedLayout.get_default_for(w_block, gl.float8e4nv)
+    x_desc = TensorDescriptor.from_tensor(x, x_block, x_layout)
+    w_desc = TensorDescriptor.from_tensor(w.reshape(experts * n, k), w_block, w_layout)
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
-    ws = ws.view(torch.uint8) if ws_ue8m0 else ws
+    ws = (ws.view(torch.uint8) if ws_ue8m0 else ws).reshape(experts, *ws.shape[-2:])
     xs_strides = (0, 0) if xs.numel() == 1 else (xs.stride(0), xs.stride(1))
-    output_tiles = cdiv(m, tiles.block_m) * cdiv(n, BLOCK_SHAPE[0])
+    token_tiles = cdiv(m, tiles.block_m) + (experts if grouped else 0)
+    output_tiles = token_tiles * cdiv(n, BLOCK_SHAPE[0])
     programs = min(output_tiles, tiles.programs_per_sm * multiprocessor_count(x.device))
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
             x_desc, w_desc, xs, ws, out,
-            m, n, k,
-            *xs_strides, ws.stride(0), ws.stride(1), out.stride(0),
-            GROUP_M=8, STAGES=tiles.stages, WS_UE8M0=ws_ue8m0,
+            m, n, k, ends if grouped else xs, experts,
+            *xs_strides, *ws.stride(), out.stride(0),
+            GROUP_M=8, BLOCK_E=max(32, next_power_of_two(experts)) if grouped else 0,
+            STAGES=tiles.stages, WS_UE8M0=ws_ue8m0,
             num_warps=tiles.num_warps, maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
 @torch.library.custom_op(add_op_namespace_prefix("gemm_wgmma"), mutates_args=("out",))
-def _gemm_wgmma_op(x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
-    _launch(x, w, xs, ws, out)
+def _gemm_wgmma_op(
+    x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor, ends: torch.Tensor | None
+) -> None:
+    _launch(x, w, xs, ws, out, ends)
 
 
 @torch.library.register_fake(add_op_namespace_prefix("gemm_wgmma"))
-def _gemm_wgmma_fake(x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
+def _gemm_wgmma_fake(
+    x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor, ends: torch.Tensor | None
+) -> None:
     return None
 
 
-def launch(x: torch.Tensor, w: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
-    """``out (M, N) = dequant(x (M, K)) @ dequant(w (N, K)).T`` where ``serves`` said yes.
+def launch(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    xs: torch.Tensor,
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    ends: torch.Tensor | None = None,
+) -> None:
+    """``out = dequant(x) @ dequant(w).T`` where ``serves`` said yes; plain eager calls launch
+    directly, traced calls go through the op.
 
-    xs: (M, ceil(K/128)) float32 activation scales, or one element; ws: (ceil(N/128), ceil(K/128))
-    float32 or ``float8_e8m0fnu``. Plain eager calls launch directly; traced calls go through the op.
+    Dense: x (M, K) e4m3 codes, w (N, K), ws (ceil(N/128), ceil(K/128)), out (M, N). Grouped:
+    w (E, N, K), ws (E, ceil(N/128), ceil(K/128)), rows of x sorted by expert and ``ends`` (E,)
+    the inclusive cumulative row counts; rows past ends[-1] are left unwritten. xs: float32
+    activation scales (M, ceil(K/128)) or one element; ws float32 or ``float8_e8m0fnu``.
     """
     xs = xs.reshape(1) if xs.numel() == 1 else xs.reshape(x.shape[0], -1)
-    if is_plain_eager_call((x, w, xs, ws, out)):
-        _launch(x, w, xs, ws, out)
+    if is_plain_eager_call((x, w, xs, ws, out, ends)):
+        _launch(x, w, xs, ws, out, ends)
     else:
-        _gemm_wgmma_op(x, w, xs, ws, out)
+        _gemm_wgmma_op(x, w, xs, ws, out, ends)

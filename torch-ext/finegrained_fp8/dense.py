@@ -31,9 +31,9 @@ from ._validation import (
 from .act_quant import as_rows, quantize_2d
 
 try:  # Gluon (Triton >= 3.6): the Hopper kernel for prefill sizes
-    from . import _wgmma
+    from . import _wgmma as hopper_gemm
 except ImportError:
-    _wgmma = None
+    hopper_gemm = None
 
 
 @triton.jit
@@ -139,8 +139,8 @@ def launch_gemm(
     n = w.shape[0]
     if m == 0 or n == 0:
         return
-    if tiles is None and _wgmma is not None and _wgmma.serves(x, w, out, block):
-        _wgmma.launch(x, w, xs, ws, out)
+    if tiles is None and hopper_gemm is not None and hopper_gemm.serves(x, w, out, block):
+        hopper_gemm.launch(x, w, xs, ws, out)
         return
     per_k_scale = block is not None
     tiles = tiles or gemm_tiles(m, n, k, block[1] if per_k_scale else 128, x.device)

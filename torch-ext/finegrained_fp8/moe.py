@@ -49,6 +49,7 @@ from ._validation import (
     check_weights,
 )
 from .act_quant import quantize_2d
+from .dense import hopper_gemm
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
@@ -255,6 +256,7 @@ def launch_expert_gemm(
     s, k = x.shape
     experts, n, _ = w.shape
     per_k_scale = block is not None
+    explicit_tiles = tiles is not None
     tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
     num_buckets = experts + int(zero_sentinels)
     tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
@@ -262,6 +264,9 @@ def launch_expert_gemm(
     ws = ws.view(torch.uint8) if ws_ue8m0 else ws
     ws, stride_wse, stride_wsn, stride_wsk = _weight_scale_strides(ws, experts, per_k_scale)
     xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
+    if perm is None and not explicit_tiles and hopper_gemm is not None and hopper_gemm.serves(xq, w, out, block, True):
+        hopper_gemm.launch(xq, w, xs, ws, out, ends)
+        return
     with on_device_of(x):
         wrap_triton(_expert_gemm_kernel)[(cdiv(n, tiles.block_n) * tiles_m,)](
             w, ws, xq, xs, out, ends, ends if perm is None else perm,
