@@ -64,18 +64,29 @@ def on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 
 @functools.cache
-def _multiprocessor_count(device_type: str, index: int | None) -> int:
+def _device_facts(device_type: str, index: int | None) -> tuple[int, tuple[int, int] | None]:
+    """(SM count, compute capability) of a GPU; a small fixed SM count and no capability for the CPU."""
     if device_type == "cuda":
-        return torch.cuda.get_device_properties(index).multi_processor_count
-    return 4
+        props = torch.cuda.get_device_properties(index)
+        return props.multi_processor_count, (props.major, props.minor)
+    return 4, None
 
 
-def multiprocessor_count(device: torch.device) -> int:
-    """Number of SMs of ``device`` (a small fixed number for the CPU interpreter). Queried lazily."""
+def _facts_of(device: torch.device) -> tuple[int, tuple[int, int] | None]:
     index = (
         device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
     )
-    return _multiprocessor_count(device.type, index)
+    return _device_facts(device.type, index)
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """Number of SMs of ``device`` (a small fixed number for the CPU interpreter). Queried lazily, once."""
+    return _facts_of(device)[0]
+
+
+def compute_capability(device: torch.device) -> tuple[int, int] | None:
+    """(major, minor) of a CUDA ``device``, None for the CPU. Queried lazily, once."""
+    return _facts_of(device)[1]
 
 
 def cdiv(a: int, b: int) -> int:

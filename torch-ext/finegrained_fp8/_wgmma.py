@@ -27,7 +27,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import cdiv, is_plain_eager_call, multiprocessor_count, next_power_of_two, on_device_of
+from ._launch import (
+    cdiv,
+    compute_capability,
+    is_plain_eager_call,
+    multiprocessor_count,
+    next_power_of_two,
+    on_device_of,
+)
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
 from ._tiles import GROUPED_MAX_K, WgmmaTiles, wgmma_tiles
@@ -66,6 +73,16 @@ def _expert_rows(pid_m, ends_ptr, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: g
 
 
 @gluon.jit
+def _token_tiles(M, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
+    """Token tiles: M rows cut into BLOCK_M (dense), or an upper bound for any routing of M rows over
+    ``num_experts`` experts, each expert's last tile partial (grouped, BLOCK_E > 0)."""
+    tiles_m = gl.cdiv(M, BLOCK_M)
+    if BLOCK_E > 0:
+        tiles_m += num_experts
+    return tiles_m
+
+
+@gluon.jit
 def _tile_origin(
     tile,
     M,
@@ -80,9 +97,7 @@ def _tile_origin(
     """(expert, first row, end row, weight tile) of output tile ``tile``. GROUP_M consecutive tiles
     walk the weight tiles of GROUP_M token tiles, so both operands stay in L2. Dense (BLOCK_E = 0):
     M rows, one expert. Grouped: M bounds the token tiles of any routing (see ``_expert_rows``)."""
-    tiles_m = gl.cdiv(M, BLOCK_M)
-    if BLOCK_E > 0:
-        tiles_m += num_experts
+    tiles_m = _token_tiles(M, num_experts, BLOCK_M, BLOCK_E)
     per_group = GROUP_M * gl.cdiv(N, BLOCK_N)
     first_m = (tile // per_group) * GROUP_M
     group_rows = min(tiles_m - first_m, GROUP_M)
@@ -97,10 +112,7 @@ def _tile_origin(
 
 @gluon.jit
 def _tile_count(M, N, num_experts, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_E: gl.constexpr):
-    tiles_m = gl.cdiv(M, BLOCK_M)
-    if BLOCK_E > 0:
-        tiles_m += num_experts
-    return tiles_m * gl.cdiv(N, BLOCK_N)
+    return _token_tiles(M, num_experts, BLOCK_M, BLOCK_E) * gl.cdiv(N, BLOCK_N)
 
 
 @gluon.jit
@@ -300,11 +312,10 @@ def serves(
     TMA-aligned operands, experts stacked back to back. From metadata alone (FakeTensor-safe)."""
     experts, n = _experts_and_rows(w)
     back_to_back = experts == 1 or w.stride(0) == n * w.stride(1)  # a (E * N, K) view exists
-    return (
-        x.device.type == "cuda"
-        and torch.cuda.get_device_capability(x.device) == (9, 0)
-        and block == BLOCK_SHAPE
+    return (  # the cheap shape checks first: decode calls (the hot path) stop there
+        block == BLOCK_SHAPE
         and _tiles_for(x, w, grouped) is not None
+        and compute_capability(x.device) == (9, 0)
         and _tma_ready(x)
         and back_to_back
         and _tma_ready(w.reshape(experts * n, w.shape[-1]))
