@@ -44,7 +44,7 @@ def wgmma_candidates(tiles_type):
     for block_m, stages in itertools.product((64, 128), (3, 4, 5)):
         for per_sm in (1, 2) if block_m == 64 else (1,):
             max_registers = 128 if per_sm == 2 else 168
-            yield tiles_type(block_m, stages, block_m // 16, per_sm, max_registers)
+            yield tiles_type(block_m, stages, per_sm, max_registers)
 
 
 def sweep_wgmma(fp8) -> None:

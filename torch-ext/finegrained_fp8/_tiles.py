@@ -82,13 +82,14 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
 # DeepSeek-V3 gate_up (K=7168) lost 7% at 8192 tokens and 30-37% under a skewed routing (expert 0
 # takes half the tokens), not yet understood; the plain-Triton kernel keeps those.
 GROUPED_MAX_K = 4096
+# Up to this K the 128-token Gluon tiles take a fourth ring slot.
+_SHORT_K = 2048
 
 
 @dataclass(frozen=True)
 class WgmmaTiles:
-    block_m: int  # tokens per tile (the weight tile is 128 rows)
+    block_m: int  # tokens per tile: one math warpgroup per 64 (plus one loader warp)
     stages: int  # shared-memory ring slots
-    num_warps: int  # math warps: one warpgroup per 64 token rows (plus one loader warp)
     programs_per_sm: int  # persistent programs per SM
     max_registers: int  # per thread, so that programs_per_sm programs fit an SM's 64K registers
 
@@ -98,14 +99,16 @@ def wgmma_tiles(m: int, k: int) -> WgmmaTiles | None:
     kernel is faster (decode sizes stream weights through narrow tiles).
 
     H100 sweep (2026-11-25, 18432x7168, 7168x18432, 24576x1536 at M = 256-8192; candidates in
-    benchmarks/sweep_tiles.py): from 512 tokens 128-token tiles with 3 stages, one program per SM
-    (860-1063 TFLOPS); up to 256 tokens 64-token tiles, two programs per SM (730-815).
+    benchmarks/sweep_tiles.py): from 512 tokens 128-token tiles, one program per SM, 3 stages
+    (920-1115 TFLOPS at M >= 1024 on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999
+    against 836-924 with 3: each tile has few K blocks, so the ring must reach further into the
+    next tile while the math warps store); up to 256 tokens 64-token tiles, two programs per SM.
     """
     if m <= DECODE_MAX_M:
         return None
     if m <= _NARROW_MAX_M:
-        return WgmmaTiles(block_m=64, stages=3, num_warps=4, programs_per_sm=2, max_registers=128)
-    return WgmmaTiles(block_m=128, stages=3, num_warps=8, programs_per_sm=1, max_registers=168)
+        return WgmmaTiles(block_m=64, stages=3, programs_per_sm=2, max_registers=128)
+    return WgmmaTiles(block_m=128, stages=4 if k <= _SHORT_K else 3, programs_per_sm=1, max_registers=168)
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:

@@ -43,6 +43,8 @@ from ._tiles import GROUPED_MAX_K, WgmmaTiles, wgmma_tiles
 BLOCK_SHAPE = (128, 128)
 # TMA moves rows whose start and stride are multiples of 16 bytes.
 _TMA_ALIGN = 16
+# Output tiles are taken GROUP_M token tiles at a time, across the weight tiles (L2 reuse).
+_GROUP_M = 8
 # The loader warp only computes addresses: the fewest registers a warp can be given.
 _LOADER_REGISTERS = gl.constexpr(24)
 
@@ -177,15 +179,19 @@ def _mma_partition(
     GROUP_M: gl.constexpr,
     BLOCK_E: gl.constexpr,
     WS_UE8M0: gl.constexpr,
+    ROW0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """The math warps (one warpgroup per 64 token rows): per K block one wgmma into a fresh
-    product, its slot handed back to the loader, then the scaled product added in float32; per tile
-    the store, while the loader already fills the ring for the next tile."""
+    """One math warpgroup: rows [ROW0, ROW0 + 64) of every token tile. Per K block one wgmma into a
+    fresh product, its slot handed back to the loader (once every math warpgroup did), then the
+    scaled product added in float32; per tile the store, while the loader already fills the ring
+    for the next tile. Each warpgroup is its own partition, so the two of a 128-row tile
+    synchronize only through the ring and can scale while the other's wgmma runs."""
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_ring.type.shape[1]
     BLOCK_K: gl.constexpr = x_ring.type.shape[2]
     BLOCK_N: gl.constexpr = w_ring.type.shape[1]
+    ROWS: gl.constexpr = 64
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
     )
@@ -197,15 +203,16 @@ def _mma_partition(
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         expert, start, end, pid_n = _tile_origin(tile, M, N, ends_ptr, num_experts, BLOCK_M, BLOCK_N, GROUP_M, BLOCK_E)
         is_work = expert < num_experts
-        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+        start += ROW0
+        rows = start + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
         # Rows past the tile's rows read the last one's scales; they are never stored.
         xs_rows = xs_ptr + gl.maximum(gl.minimum(rows, gl.minimum(end, M) - 1), 0).to(gl.int64) * stride_xsm
         ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + pid_n * stride_wsn
-        acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=acc_layout)
+        acc = gl.zeros((ROWS, BLOCK_N), dtype=gl.float32, layout=acc_layout)
         for kb in range(k_blocks * is_work):
             slot = step % STAGES
             mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-            x_tile = x_ring.index(slot)
+            x_tile = x_ring.index(slot).slice(ROW0, ROWS)
             w_tile = w_ring.index(slot)
             product = warpgroup_mma(x_tile, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
             scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
@@ -214,7 +221,7 @@ def _mma_partition(
             acc += product * scale[:, None]
             step += 1
         out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
-        out_rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
+        out_rows = start + gl.arange(0, ROWS, layout=gl.SliceLayout(1, out_layout))
         out_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
         out_ptrs = out_ptr + out_rows.to(gl.int64)[:, None] * stride_om + out_cols[None, :]
         row_ok = (out_rows < end) & (out_rows < M) & is_work
@@ -243,6 +250,7 @@ def _gemm_wgmma_kernel(
     BLOCK_E: gl.constexpr,
     STAGES: gl.constexpr,
     WS_UE8M0: gl.constexpr,
+    MATH_REGISTERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
@@ -262,25 +270,31 @@ def _gemm_wgmma_kernel(
     w_ring = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    MATH_GROUPS: gl.constexpr = BLOCK_M // 64
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=MATH_GROUPS)
     fence_async_shared()
-    gl.warp_specialize(
-        [
-            (
-                _mma_partition,
-                (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts, stride_xsm,
-                 stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E, WS_UE8M0, num_warps),
-            ),
-            (
-                _load_partition,
-                (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M, BLOCK_E),
-            ),
-        ],
-        [1],
-        [_LOADER_REGISTERS],
-    )  # fmt: skip
+    # One partition per math warpgroup (ROW0 = its first row in the tile), then the loader warp.
+    if MATH_GROUPS == 2:
+        gl.warp_specialize([
+            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
+                              WS_UE8M0, 0, 4)),
+            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
+                              WS_UE8M0, 64, 4)),
+            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M,
+                               BLOCK_E)),
+        ], [4, 1], [MATH_REGISTERS, _LOADER_REGISTERS])  # fmt: skip
+    else:
+        gl.warp_specialize([
+            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
+                              WS_UE8M0, 0, 4)),
+            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M,
+                               BLOCK_E)),
+        ], [1], [_LOADER_REGISTERS])  # fmt: skip
 
 
 def _tma_ready(t: torch.Tensor) -> bool:
@@ -354,9 +368,9 @@ def _launch(
             x_desc, w_desc, xs, ws, out,
             m, n, k, ends if grouped else xs, experts,
             *xs_strides, *ws.stride(), out.stride(0),
-            GROUP_M=8, BLOCK_E=max(32, next_power_of_two(experts)) if grouped else 0,
+            GROUP_M=_GROUP_M, BLOCK_E=max(32, next_power_of_two(experts)) if grouped else 0,
             STAGES=tiles.stages, WS_UE8M0=ws_ue8m0,
-            num_warps=tiles.num_warps, maxnreg=tiles.max_registers,
+            MATH_REGISTERS=tiles.max_registers, num_warps=4, maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
