@@ -37,14 +37,16 @@ def candidates(m: int):
                 yield {"block_n": bn, "block_m": bm, "num_warps": warps, "num_stages": stages}, split_mult
 
 
-WGMMA_CASES = [(m, n, k) for m in (256, 1024, 4096, 8192) for n, k in ((18432, 7168), (7168, 18432), (24576, 1536))]
+WGMMA_SHAPES = ((18432, 7168), (7168, 18432), (24576, 1536))
+WGMMA_CASES = [(m, n, k) for m in (128, 256, 1024, 4096, 8192) for n, k in WGMMA_SHAPES]
 
 
 def wgmma_candidates(tiles_type):
-    for block_m, stages in itertools.product((64, 128), (3, 4, 5)):
-        for per_sm in (1, 2) if block_m == 64 else (1,):
-            max_registers = 128 if per_sm == 2 else 168
-            yield tiles_type(block_m, stages, per_sm, max_registers)
+    for stages in (3, 4, 5, 6):
+        yield tiles_type(128, 128, stages, 1, 168)
+        yield tiles_type(64, 128, stages, 2, 128)
+        for per_sm in (2, 3):
+            yield tiles_type(64, 64, stages, per_sm, 80)
 
 
 def sweep_wgmma(fp8) -> None:
@@ -55,12 +57,12 @@ def sweep_wgmma(fp8) -> None:
         q, s = fp8.fp8_act_quant(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), 128)
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         flops = 2 * m * n * k
-        shipped = tiles_mod.wgmma_tiles(m, k)
+        shipped = tiles_mod.wgmma_tiles(m, k, n, q.device)
         base = bench(lambda: lambda: wgmma._launch(q, w, s, ws, out), n * k)
         line = f"M={m} N={n} K={k}: shipped {shipped} {flops / base / 1e9:.0f} TF |"
         for t in wgmma_candidates(type(shipped)):
             ms = bench(lambda t=t: lambda: wgmma._launch(q, w, s, ws, out, tiles=t), n * k)
-            line += f" {t.block_m}/{t.stages}/{t.programs_per_sm} {flops / ms / 1e9:.0f}"
+            line += f" {t.block_m}x{t.block_n}/{t.stages}/{t.programs_per_sm} {flops / ms / 1e9:.0f}"
         print(line, flush=True)
 
 

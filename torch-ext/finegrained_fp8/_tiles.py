@@ -84,31 +84,44 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
 GROUPED_MAX_K = 4096
 # Up to this K the 128-token Gluon tiles take a fourth ring slot.
 _SHORT_K = 2048
+# Up to this many tokens dense Gluon tiles are 64 weight rows wide (more tiles to share out).
+_NARROW_N_MAX_M = 128
 
 
 @dataclass(frozen=True)
 class WgmmaTiles:
     block_m: int  # tokens per tile: one math warpgroup per 64 (plus one loader warp)
+    block_n: int  # weight rows per tile: 128 (a weight-scale block) or 64 (half of one)
     stages: int  # shared-memory ring slots
     programs_per_sm: int  # persistent programs per SM
     max_registers: int  # per thread, so that programs_per_sm programs fit an SM's 64K registers
 
 
-def wgmma_tiles(m: int, k: int) -> WgmmaTiles | None:
+def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> WgmmaTiles | None:
     """Tiles of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens, or None where the plain-Triton
-    kernel is faster (decode sizes stream weights through narrow tiles).
+    kernel is faster (decode sizes stream weights through narrow tiles). ``dense_n``: the weight
+    rows of a dense matmul (None for grouped calls, whose many expert tiles fill the SMs anyway).
 
-    H100 sweep (2026-11-25, 18432x7168, 7168x18432, 24576x1536 at M = 256-8192; candidates in
-    benchmarks/sweep_tiles.py): from 512 tokens 128-token tiles, one program per SM, 3 stages
-    (920-1115 TFLOPS at M >= 1024 on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999
-    against 836-924 with 3: each tile has few K blocks, so the ring must reach further into the
-    next tile while the math warps store); up to 256 tokens 64-token tiles, two programs per SM.
+    H100 sweeps (2026-11-25, 18432x7168, 7168x18432, 24576x1536; candidates in
+    benchmarks/sweep_tiles.py):
+    - dense, up to 128 tokens: 64 x 64 tiles, 4 stages, three programs per SM where there are tiles
+      for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, whose
+      144-192 weight tiles leave a short last wave or empty program slots (cuBLAS: 439-524);
+    - up to 256 tokens: 64 x 128 tiles, two programs per SM (64 x 64 tiles lost 1-40% there);
+    - from 512 tokens: 128 x 128 tiles, one program per SM, 3 stages (920-1115 TFLOPS at
+      M >= 1024 on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924
+      with 3: each tile has few K blocks, so the ring must reach further into the next tile while
+      the math warps store).
     """
     if m <= DECODE_MAX_M:
         return None
+    if dense_n is not None and m <= _NARROW_N_MAX_M:
+        tiles = cdiv(m, 64) * cdiv(dense_n, 64)
+        per_sm = 3 if tiles >= 3 * multiprocessor_count(device) else 2
+        return WgmmaTiles(block_m=64, block_n=64, stages=4, programs_per_sm=per_sm, max_registers=80)
     if m <= _NARROW_MAX_M:
-        return WgmmaTiles(block_m=64, stages=3, programs_per_sm=2, max_registers=128)
-    return WgmmaTiles(block_m=128, stages=4 if k <= _SHORT_K else 3, programs_per_sm=1, max_registers=168)
+        return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
+    return WgmmaTiles(block_m=128, block_n=128, stages=4 if k <= _SHORT_K else 3, programs_per_sm=1, max_registers=168)
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:

@@ -157,6 +157,27 @@ def _load_partition(
 
 
 @gluon.jit
+def _row_scales(xs_ptr, first, end, M, stride_xsm, layout: gl.constexpr):
+    """Pointers to the activation scales of the 64 rows from ``first`` (rows at or past ``end`` or M
+    point at the last row before them: their results are never stored)."""
+    rows = first + gl.arange(0, 64, layout=layout)
+    return xs_ptr + gl.maximum(gl.minimum(rows, gl.minimum(end, M) - 1), 0).to(gl.int64) * stride_xsm
+
+
+@gluon.jit
+def _store_rows(acc, out_ptr, first, row_end, col0, N, stride_om, num_warps: gl.constexpr):
+    """Store the float32 [64, BLOCK_N] ``acc`` at rows [first, row_end) and columns [col0, N),
+    converted through shared memory to a row-major layout (each thread writes 8 consecutive columns)."""
+    BLOCK_N: gl.constexpr = acc.type.shape[1]
+    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
+    rows = first + gl.arange(0, 64, layout=gl.SliceLayout(1, out_layout))
+    cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
+    ptrs = out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :]
+    gl.store(ptrs, out, mask=(rows < row_end)[:, None] & (cols < N)[None, :])
+
+
+@gluon.jit
 def _mma_partition(
     x_ring,
     w_ring,
@@ -183,49 +204,42 @@ def _mma_partition(
     num_warps: gl.constexpr,
 ):
     """One math warpgroup: rows [ROW0, ROW0 + 64) of every token tile. Per K block one wgmma into a
-    fresh product, its slot handed back to the loader (once every math warpgroup did), then the
-    scaled product added in float32; per tile the store, while the loader already fills the ring
-    for the next tile. Each warpgroup is its own partition, so the two of a 128-row tile
-    synchronize only through the ring and can scale while the other's wgmma runs."""
+    fresh product, then the scaled product added in float32; the slot goes back to the loader once
+    read (by every math warpgroup). Per tile the store, while the loader already fills the ring for
+    the next tile. Each warpgroup is its own partition, so two of them synchronize only through the
+    ring and one scales while the other's wgmma runs."""
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_ring.type.shape[1]
     BLOCK_K: gl.constexpr = x_ring.type.shape[2]
     BLOCK_N: gl.constexpr = w_ring.type.shape[1]
-    ROWS: gl.constexpr = 64
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
     )
-    # Through shared memory to a row-major layout for the store: each thread writes 8 consecutive columns.
-    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    row_layout: gl.constexpr = gl.SliceLayout(1, acc_layout)
+    SCALE_N: gl.constexpr = BLOCK_K  # weight scale blocks are square
     k_blocks = gl.cdiv(K, BLOCK_K)
     num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
     step = 0
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         expert, start, end, pid_n = _tile_origin(tile, M, N, ends_ptr, num_experts, BLOCK_M, BLOCK_N, GROUP_M, BLOCK_E)
         is_work = expert < num_experts
-        start += ROW0
-        rows = start + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
-        # Rows past the tile's rows read the last one's scales; they are never stored.
-        xs_rows = xs_ptr + gl.maximum(gl.minimum(rows, gl.minimum(end, M) - 1), 0).to(gl.int64) * stride_xsm
-        ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + pid_n * stride_wsn
-        acc = gl.zeros((ROWS, BLOCK_N), dtype=gl.float32, layout=acc_layout)
+        first = start + ROW0
+        xs_rows = _row_scales(xs_ptr, first, end, M, stride_xsm, row_layout)
+        ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + (pid_n * BLOCK_N // SCALE_N) * stride_wsn
+        acc = gl.zeros((64, BLOCK_N), dtype=gl.float32, layout=acc_layout)
         for kb in range(k_blocks * is_work):
             slot = step % STAGES
             mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-            x_tile = x_ring.index(slot).slice(ROW0, ROWS)
+            x_rows = x_ring.index(slot).slice(ROW0, 64)
             w_tile = w_ring.index(slot)
-            product = warpgroup_mma(x_tile, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
+            product = warpgroup_mma(x_rows, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
             scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
-            product = warpgroup_mma_wait(0, deps=(product, x_tile, w_tile))[0]
+            product = warpgroup_mma_wait(0, deps=(product, x_rows, w_tile))[0]
             mbarrier.arrive(empty.index(slot), count=1)
             acc += product * scale[:, None]
             step += 1
-        out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
-        out_rows = start + gl.arange(0, ROWS, layout=gl.SliceLayout(1, out_layout))
-        out_cols = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
-        out_ptrs = out_ptr + out_rows.to(gl.int64)[:, None] * stride_om + out_cols[None, :]
-        row_ok = (out_rows < end) & (out_rows < M) & is_work
-        gl.store(out_ptrs, out, mask=row_ok[:, None] & (out_cols < N)[None, :])
+        row_end = gl.where(is_work, gl.minimum(end, M), 0)
+        _store_rows(acc, out_ptr, first, row_end, pid_n * BLOCK_N, N, stride_om, num_warps)
 
 
 @gluon.jit
@@ -256,8 +270,9 @@ def _gemm_wgmma_kernel(
     """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
 
     x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (E * N, K) e4m3 (E = 1 for a
-    dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = the weight scale block). xs [m, k block] and
-    ws [e, n block, k block] float32 scales (ws UE8M0 codes when WS_UE8M0) through strides; out
+    dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = 128, a weight scale block, or 64, half of
+    one). xs [m, k block] and ws [e, n block, k block] float32 scales (ws UE8M0 codes when
+    WS_UE8M0) through strides; out
     (M, N) through ``stride_om``. Grouped (BLOCK_E > 0): rows sorted by expert, ``ends_ptr`` the
     inclusive cumulative row counts of the ``num_experts`` experts; rows past the last end are
     neither read for work nor written. Out-of-range rows and K columns are zero-filled by TMA and
@@ -270,12 +285,12 @@ def _gemm_wgmma_kernel(
     w_ring = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    MATH_GROUPS: gl.constexpr = BLOCK_M // 64
+    MATH_GROUPS: gl.constexpr = 1 if BLOCK_M == 64 else 2
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=MATH_GROUPS)
     fence_async_shared()
-    # One partition per math warpgroup (ROW0 = its first row in the tile), then the loader warp.
+    # One partition per math warpgroup (its first row in the tile), then the loader warp.
     if MATH_GROUPS == 2:
         gl.warp_specialize([
             (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
@@ -316,7 +331,9 @@ def _tiles_for(x: torch.Tensor, w: torch.Tensor, grouped: bool) -> WgmmaTiles | 
     experts = _experts_and_rows(w)[0]
     if grouped and k > GROUPED_MAX_K:
         return None
-    return wgmma_tiles(cdiv(rows, max(1, min(rows, experts))) if grouped else rows, k)
+    if grouped:
+        return wgmma_tiles(cdiv(rows, max(1, min(rows, experts))), k, None, x.device)
+    return wgmma_tiles(rows, k, w.shape[0], x.device)
 
 
 def serves(
@@ -352,7 +369,7 @@ def _launch(
     grouped = ends is not None
     tiles = tiles or _tiles_for(x, w, grouped)
     x_block = [tiles.block_m, BLOCK_SHAPE[1]]
-    w_block = list(BLOCK_SHAPE)
+    w_block = [tiles.block_n, BLOCK_SHAPE[1]]
     x_layout = gl.NVMMASharedLayout.get_default_for(x_block, gl.float8e4nv)
     w_layout = gl.NVMMASharedLayout.get_default_for(w_block, gl.float8e4nv)
     x_desc = TensorDescriptor.from_tensor(x, x_block, x_layout)
@@ -361,7 +378,7 @@ def _launch(
     ws = (ws.view(torch.uint8) if ws_ue8m0 else ws).reshape(experts, *ws.shape[-2:])
     xs_strides = (0, 0) if xs.numel() == 1 else (xs.stride(0), xs.stride(1))
     token_tiles = cdiv(m, tiles.block_m) + (experts if grouped else 0)
-    output_tiles = token_tiles * cdiv(n, BLOCK_SHAPE[0])
+    output_tiles = token_tiles * cdiv(n, tiles.block_n)
     programs = min(output_tiles, tiles.programs_per_sm * multiprocessor_count(x.device))
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
