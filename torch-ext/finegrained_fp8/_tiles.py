@@ -77,11 +77,8 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     return _gemm_tiles(shape, block_k, k_blocks, split)
 
 
-# Grouped (MoE prefill) calls take the Gluon kernel only up to this K. H100, 2026-11-25, top-8:
-# DeepSeek-V3 down (K=2048) and Qwen3-30B (K=2048, 768) gained 16-46% balanced and skewed, but
-# DeepSeek-V3 gate_up (K=7168) lost 7% at 8192 tokens and 30-37% under a skewed routing (expert 0
-# takes half the tokens), not yet understood; the plain-Triton kernel keeps those.
-GROUPED_MAX_K = 4096
+# Grouped calls with up to this K (and up to _NARROW_MAX_M rows per expert) take 64-token Gluon tiles.
+_GROUPED_NARROW_MAX_K = 1024
 # Up to this K the 128-token Gluon tiles take a fourth ring slot.
 _SHORT_K = 2048
 # Up to this many tokens dense Gluon tiles are 64 weight rows wide (more tiles to share out).
@@ -98,20 +95,24 @@ class WgmmaTiles:
 
 
 def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> WgmmaTiles | None:
-    """Tiles of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens, or None where the plain-Triton
-    kernel is faster (decode sizes stream weights through narrow tiles). ``dense_n``: the weight
-    rows of a dense matmul (None for grouped calls, whose many expert tiles fill the SMs anyway).
+    """Tiles of the Hopper Gluon GEMM (``_wgmma``) for ``m`` tokens (grouped calls: the average rows
+    per expert), or None where the plain-Triton kernel is faster (decode sizes stream weights
+    through narrow tiles). ``dense_n``: the weight rows of a dense matmul; None for grouped calls.
 
-    H100 sweeps (2026-11-25, 18432x7168, 7168x18432, 24576x1536; candidates in
-    benchmarks/sweep_tiles.py):
+    H100 sweeps (2026-11-25; dense 18432x7168, 7168x18432, 24576x1536; grouped DeepSeek-V3 and
+    Qwen3-30B experts at 4096 and 8192 tokens, top-8; candidates in benchmarks/sweep_tiles.py):
     - dense, up to 128 tokens: 64 x 64 tiles, 4 stages, three programs per SM where there are tiles
       for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, whose
       144-192 weight tiles leave a short last wave or empty program slots (cuBLAS: 439-524);
-    - up to 256 tokens: 64 x 128 tiles, two programs per SM (64 x 64 tiles lost 1-40% there);
-    - from 512 tokens: 128 x 128 tiles, one program per SM, 3 stages (920-1115 TFLOPS at
-      M >= 1024 on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924
-      with 3: each tile has few K blocks, so the ring must reach further into the next tile while
-      the math warps store).
+    - dense up to 256 tokens, grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles,
+      two programs per SM (dense: 64 x 64 tiles lost 1-40%; grouped Qwen3 down, K = 768: 598-607
+      against 543-571 with 128-token tiles);
+    - otherwise 128 x 128 tiles, one program per SM, 3 stages (dense 920-1115 TFLOPS at M >= 1024
+      on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924 with 3: each
+      tile has few K blocks, so the ring must reach further into the next tile while the math
+      warps store). Grouped, they beat 64-token tiles even at 128 rows per expert where K is
+      large: DeepSeek-V3 gate_up (K = 7168) 517-718 against 282-369, Qwen3 gate_up (K = 2048)
+      728-751 against 617-649.
     """
     if m <= DECODE_MAX_M:
         return None
@@ -119,7 +120,7 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
         tiles = cdiv(m, 64) * cdiv(dense_n, 64)
         per_sm = 3 if tiles >= 3 * multiprocessor_count(device) else 2
         return WgmmaTiles(block_m=64, block_n=64, stages=4, programs_per_sm=per_sm, max_registers=80)
-    if m <= _NARROW_MAX_M:
+    if m <= _NARROW_MAX_M and (dense_n is not None or k <= _GROUPED_NARROW_MAX_K):
         return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
     return WgmmaTiles(block_m=128, block_n=128, stages=4 if k <= _SHORT_K else 3, programs_per_sm=1, max_registers=168)
 

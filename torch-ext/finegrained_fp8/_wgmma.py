@@ -37,7 +37,7 @@ from ._launch import (
 )
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
-from ._tiles import GROUPED_MAX_K, WgmmaTiles, wgmma_tiles
+from ._tiles import WgmmaTiles, wgmma_tiles
 
 # The one block shape the kernel serves: a weight tile of 128 rows shares one scale per K block.
 BLOCK_SHAPE = (128, 128)
@@ -329,8 +329,6 @@ def _tiles_for(x: torch.Tensor, w: torch.Tensor, grouped: bool) -> WgmmaTiles | 
     """Tiles sized for the rows one weight matrix gets: all of them (dense), or the average per expert."""
     rows, k = x.shape
     experts = _experts_and_rows(w)[0]
-    if grouped and k > GROUPED_MAX_K:
-        return None
     if grouped:
         return wgmma_tiles(cdiv(rows, max(1, min(rows, experts))), k, None, x.device)
     return wgmma_tiles(rows, k, w.shape[0], x.device)
