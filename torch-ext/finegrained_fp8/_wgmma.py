@@ -118,22 +118,10 @@ def _tile_count(M, N, num_experts, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
 
 
 @gluon.jit
-def _load_partition(
-    x_desc,
-    w_desc,
-    x_ring,
-    w_ring,
-    ready,
-    empty,
-    M,
-    N,
-    K,
-    ends_ptr,
-    num_experts,
-    GROUP_M: gl.constexpr,
-    BLOCK_E: gl.constexpr,
-):
-    """One warp: TMA copies of every K block of this program's tiles into the ring, as slots free up."""
+def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
+    """One warp: TMA copies of every K block of this program's tiles into the ring, as slots free up.
+    ``operands``: the kernel's ``load_operands``."""
+    x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts = operands
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -179,24 +167,7 @@ def _store_rows(acc, out_ptr, first, row_end, col0, N, stride_om, num_warps: gl.
 
 @gluon.jit
 def _mma_partition(
-    x_ring,
-    w_ring,
-    ready,
-    empty,
-    xs_ptr,
-    ws_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    ends_ptr,
-    num_experts,
-    stride_xsm,
-    stride_xsk,
-    stride_wse,
-    stride_wsn,
-    stride_wsk,
-    stride_om,
+    operands,
     GROUP_M: gl.constexpr,
     BLOCK_E: gl.constexpr,
     WS_UE8M0: gl.constexpr,
@@ -207,7 +178,9 @@ def _mma_partition(
     fresh product, then the scaled product added in float32; the slot goes back to the loader once
     read (by every math warpgroup). Per tile the store, while the loader already fills the ring for
     the next tile. Each warpgroup is its own partition, so two of them synchronize only through the
-    ring and one scales while the other's wgmma runs."""
+    ring and one scales while the other's wgmma runs. ``operands``: the kernel's ``math_operands``."""
+    (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+     stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om) = operands  # fmt: skip
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_ring.type.shape[1]
     BLOCK_K: gl.constexpr = x_ring.type.shape[2]
@@ -290,26 +263,30 @@ def _gemm_wgmma_kernel(
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=MATH_GROUPS)
     fence_async_shared()
-    # One partition per math warpgroup (its first row in the tile), then the loader warp.
+    math_operands = (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+                     stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om)  # fmt: skip
+    load_operands = (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts)
+    # One partition per math warpgroup of 4 warps (ROW0: its first row in the tile), then the loader warp. Runtime
+    # values travel in one tuple; constexprs must be arguments of their own (a tuple would drop their constness).
     if MATH_GROUPS == 2:
-        gl.warp_specialize([
-            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
-                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
-                              WS_UE8M0, 0, 4)),
-            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
-                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
-                              WS_UE8M0, 64, 4)),
-            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M,
-                               BLOCK_E)),
-        ], [4, 1], [MATH_REGISTERS, _LOADER_REGISTERS])  # fmt: skip
+        gl.warp_specialize(
+            [
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 0, 4)),
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 64, 4)),
+                (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
+            ],
+            [4, 1],
+            [MATH_REGISTERS, _LOADER_REGISTERS],
+        )
     else:
-        gl.warp_specialize([
-            (_mma_partition, (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
-                              stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om, GROUP_M, BLOCK_E,
-                              WS_UE8M0, 0, 4)),
-            (_load_partition, (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts, GROUP_M,
-                               BLOCK_E)),
-        ], [1], [_LOADER_REGISTERS])  # fmt: skip
+        gl.warp_specialize(
+            [
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 0, 4)),
+                (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
+            ],
+            [1],
+            [_LOADER_REGISTERS],
+        )
 
 
 def _tma_ready(t: torch.Tensor) -> bool:
