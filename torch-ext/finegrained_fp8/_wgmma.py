@@ -118,6 +118,13 @@ def _tile_count(M, N, num_experts, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
 
 
 @gluon.jit
+def _ring_slot(step, STAGES: gl.constexpr):
+    """(slot, barrier phase) of the ``step``-th K block counted over all tiles: the ring is used
+    round-robin, and a slot's barriers complete one phase per round."""
+    return step % STAGES, (step // STAGES) & 1
+
+
+@gluon.jit
 def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
     """One warp: TMA copies of every K block of this program's tiles into the ring, as slots free up.
     ``operands``: the kernel's ``load_operands``."""
@@ -134,9 +141,9 @@ def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
         # Expert e's weight rows start at row e * N of the (E * N, K) view.
         w_row = expert * N + pid_n * BLOCK_N
         for kb in range(k_blocks * (expert < num_experts)):
-            slot = step % STAGES
+            slot, phase = _ring_slot(step, STAGES)
             # Barriers start out as if a phase-1 wait had completed: the first round finds every slot free.
-            mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)
+            mbarrier.wait(empty.index(slot), phase ^ 1)
             bar = ready.index(slot)
             mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(x_desc, [start, kb * BLOCK_K], bar, x_ring.index(slot))
@@ -201,8 +208,8 @@ def _mma_partition(
         ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + (pid_n * BLOCK_N // SCALE_N) * stride_wsn
         acc = gl.zeros((64, BLOCK_N), dtype=gl.float32, layout=acc_layout)
         for kb in range(k_blocks * is_work):
-            slot = step % STAGES
-            mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
+            slot, phase = _ring_slot(step, STAGES)
+            mbarrier.wait(ready.index(slot), phase)
             x_rows = x_ring.index(slot).slice(ROW0, 64)
             w_tile = w_ring.index(slot)
             product = warpgroup_mma(x_rows, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
