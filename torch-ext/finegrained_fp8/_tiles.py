@@ -91,7 +91,9 @@ class WgmmaTiles:
     block_n: int  # weight rows per tile: 128 (a weight-scale block) or 64 (half of one)
     stages: int  # shared-memory ring slots
     programs_per_sm: int  # persistent programs per SM
-    max_registers: int  # per thread, so that programs_per_sm programs fit an SM's 64K registers
+    # Per thread, so that programs_per_sm programs fit an SM's 64K registers; a launch reserves them for
+    # whole warpgroups (the loader's one warp counts as four): 168 is the most for 128-token tiles.
+    max_registers: int
 
 
 def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> WgmmaTiles | None:

@@ -3,10 +3,11 @@
 Why a second kernel: with ``tl.dot`` every 128-wide K block's fresh FP8 product must be waited for
 before it is scaled, and Triton 3.6 then leaves the tensor cores idle between blocks (the H100 ran
 the plain-Triton kernel at 520-580 TFLOPS on DeepSeek-V3 prefill shapes). Here the pipeline is
-explicit: TMA copies fill a ring of ``STAGES`` shared-memory slots, each ready slot feeds one
-``wgmma`` per warpgroup (two warpgroups split the token tile), and the next copies are issued while
-that wgmma runs. The numerics are those of the plain-Triton kernel (``_gemm_core``): a fresh FP8
-product per K block, scaled by its activation and weight scales and added in float32.
+explicit: a loader warp's TMA copies fill a ring of ``STAGES`` shared-memory slots, each ready slot
+feeds one ``wgmma`` per math warpgroup (one or two, 64 token rows each, each its own partition),
+and the next copies are issued while that wgmma runs. The numerics are those of the plain-Triton
+kernel (``_gemm_core``): a fresh FP8 product per K block, scaled by its activation and weight
+scales and added in float32.
 
 Gluon does not run under Triton's interpreter, so the plain-Triton kernel is the twin CI tests;
 a GPU test pins the two to each other. Gluon launches cannot be traced by torch.compile, so traced
@@ -39,7 +40,7 @@ from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
 from ._tiles import WgmmaTiles, wgmma_tiles
 
-# The one block shape the kernel serves: a weight tile of 128 rows shares one scale per K block.
+# The one block shape the kernel serves: 128 weight rows share one scale per K block.
 BLOCK_SHAPE = (128, 128)
 # TMA moves rows whose start and stride are multiples of 16 bytes.
 _TMA_ALIGN = 16
