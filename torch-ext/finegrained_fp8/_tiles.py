@@ -101,11 +101,13 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
     per expert), or None where the plain-Triton kernel is faster (decode sizes stream weights
     through narrow tiles). ``dense_n``: the weight rows of a dense matmul; None for grouped calls.
 
-    H100 sweeps (2026-11-25; dense 18432x7168, 7168x18432, 24576x1536; grouped DeepSeek-V3 and
-    Qwen3-30B experts at 4096 and 8192 tokens, top-8; candidates in benchmarks/sweep_tiles.py):
+    H100 sweeps (2026-11-25; dense 18432x7168, 7168x18432, 24576x1536, candidates in
+    benchmarks/sweep_tiles.py --wgmma; grouped DeepSeek-V3 and Qwen3-30B experts at 4096 and 8192
+    tokens, top-8):
     - dense, up to 128 tokens: 64 x 64 tiles, 4 stages, three programs per SM where there are tiles
-      for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, whose
-      144-192 weight tiles leave a short last wave or empty program slots (cuBLAS: 439-524);
+      for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, of which
+      there are only 112-384 for 264 program slots (a short last wave, or empty slots); cuBLAS
+      439-524;
     - dense up to 256 tokens, grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles,
       two programs per SM (dense: 64 x 64 tiles lost 1-40%; grouped Qwen3 down, K = 768: 598-607
       against 543-571 with 128-token tiles);

@@ -46,6 +46,8 @@ BLOCK_SHAPE = (128, 128)
 _TMA_ALIGN = 16
 # Output tiles are taken GROUP_M token tiles at a time, across the weight tiles (L2 reuse).
 _GROUP_M = 8
+# Token rows per math warpgroup: the M of one wgmma.
+_GROUP_ROWS = gl.constexpr(64)
 # The loader warp only computes addresses: the fewest registers a warp can be given.
 _LOADER_REGISTERS = gl.constexpr(24)
 
@@ -154,20 +156,20 @@ def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
 
 @gluon.jit
 def _row_scales(xs_ptr, first, end, M, stride_xsm, layout: gl.constexpr):
-    """Pointers to the activation scales of the 64 rows from ``first`` (rows at or past ``end`` or M
-    point at the last row before them: their results are never stored)."""
-    rows = first + gl.arange(0, 64, layout=layout)
+    """Pointers to the activation scales of the _GROUP_ROWS rows from ``first`` (rows at or past
+    ``end`` or M point at the last row before them: their results are never stored)."""
+    rows = first + gl.arange(0, _GROUP_ROWS, layout=layout)
     return xs_ptr + gl.maximum(gl.minimum(rows, gl.minimum(end, M) - 1), 0).to(gl.int64) * stride_xsm
 
 
 @gluon.jit
 def _store_rows(acc, out_ptr, first, row_end, col0, N, stride_om, num_warps: gl.constexpr):
-    """Store the float32 [64, BLOCK_N] ``acc`` at rows [first, row_end) and columns [col0, N),
+    """Store the float32 [_GROUP_ROWS, BLOCK_N] ``acc`` at rows [first, row_end) and columns [col0, N),
     converted through shared memory to a row-major layout (each thread writes 8 consecutive columns)."""
     BLOCK_N: gl.constexpr = acc.type.shape[1]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     out = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), out_layout)
-    rows = first + gl.arange(0, 64, layout=gl.SliceLayout(1, out_layout))
+    rows = first + gl.arange(0, _GROUP_ROWS, layout=gl.SliceLayout(1, out_layout))
     cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
     ptrs = out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :]
     gl.store(ptrs, out, mask=(rows < row_end)[:, None] & (cols < N)[None, :])
@@ -182,7 +184,7 @@ def _mma_partition(
     ROW0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """One math warpgroup: rows [ROW0, ROW0 + 64) of every token tile. Per K block one wgmma into a
+    """One math warpgroup: rows [ROW0, ROW0 + _GROUP_ROWS) of every token tile. Per K block one wgmma into a
     fresh product, then the scaled product added in float32; the slot goes back to the loader once
     read (by every math warpgroup). Per tile the store, while the loader already fills the ring for
     the next tile. Each warpgroup is its own partition, so two of them synchronize only through the
@@ -207,11 +209,11 @@ def _mma_partition(
         first = start + ROW0
         xs_rows = _row_scales(xs_ptr, first, end, M, stride_xsm, row_layout)
         ws_tile = ws_ptr + expert.to(gl.int64) * stride_wse + (pid_n * BLOCK_N // SCALE_N) * stride_wsn
-        acc = gl.zeros((64, BLOCK_N), dtype=gl.float32, layout=acc_layout)
+        acc = gl.zeros((_GROUP_ROWS, BLOCK_N), dtype=gl.float32, layout=acc_layout)
         for kb in range(k_blocks * is_work):
             slot, phase = _ring_slot(step, STAGES)
             mbarrier.wait(ready.index(slot), phase)
-            x_rows = x_ring.index(slot).slice(ROW0, 64)
+            x_rows = x_ring.index(slot).slice(ROW0, _GROUP_ROWS)
             w_tile = w_ring.index(slot)
             product = warpgroup_mma(x_rows, w_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
             scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
@@ -253,11 +255,10 @@ def _gemm_wgmma_kernel(
     x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (E * N, K) e4m3 (E = 1 for a
     dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = 128, a weight scale block, or 64, half of
     one). xs [m, k block] and ws [e, n block, k block] float32 scales (ws UE8M0 codes when
-    WS_UE8M0) through strides; out
-    (M, N) through ``stride_om``. Grouped (BLOCK_E > 0): rows sorted by expert, ``ends_ptr`` the
-    inclusive cumulative row counts of the ``num_experts`` experts; rows past the last end are
-    neither read for work nor written. Out-of-range rows and K columns are zero-filled by TMA and
-    never stored.
+    WS_UE8M0) through strides; out (M, N) through ``stride_om``. Grouped (BLOCK_E > 0): rows sorted
+    by expert, ``ends_ptr`` the inclusive cumulative row counts of the ``num_experts`` experts; rows
+    past the last end are neither read for work nor written. Out-of-range rows and K columns are
+    zero-filled by TMA and never stored.
     """
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -266,7 +267,7 @@ def _gemm_wgmma_kernel(
     w_ring = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    MATH_GROUPS: gl.constexpr = 1 if BLOCK_M == 64 else 2
+    MATH_GROUPS: gl.constexpr = BLOCK_M // _GROUP_ROWS  # 1 or 2
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=MATH_GROUPS)
@@ -280,7 +281,7 @@ def _gemm_wgmma_kernel(
         gl.warp_specialize(
             [
                 (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 0, 4)),
-                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 64, 4)),
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, _GROUP_ROWS, 4)),
                 (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
             ],
             [4, 1],
