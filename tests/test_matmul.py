@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from checks import assert_matches, make_activation, make_weight
-from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda, requires_hopper
+from conftest import BACKEND, HAS_CUDA, OPCHECK_UTILS, requires_cuda, requires_hopper
 from reference import (
     FP8,
     dequantize_activation,
@@ -242,6 +246,44 @@ def test_wgmma_kernel_matches_plain_triton_twin(fp8, gen, m, n, k, out_dtype, ue
     assert not gluon_out.isnan().any()
     ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 2**-20}[out_dtype]
     torch.testing.assert_close(gluon_out, twin_out, rtol=ulp, atol=ulp * twin_out.abs().max().item())
+
+
+# H100 limits a launch must fit (per SM): registers, shared memory, and the 1 KB the hardware keeps per block.
+_SM_REGISTERS = 65536
+_SM_SHARED_BYTES = 228 * 1024
+_BLOCK_RESERVED_SHARED_BYTES = 1024
+
+
+def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
+    """Every tile configuration the Gluon kernel ships (dense and grouped) compiles for sm_90a, on any
+    machine, and its programs per SM fit an SM's registers and shared memory (a configuration over
+    either fails only at launch, on the GPU)."""
+    # (m, k, dense n or None for grouped over 256 experts, UE8M0 weight scales, out dtype) -> the shipped
+    # (block_m, block_n, stages, programs per SM)
+    cases = {
+        (100, 7168, 18432, False, "bf16"): [64, 64, 4, 3],
+        (200, 1040, 328, True, "fp32"): [64, 128, 3, 2],
+        (1000, 7168, 18432, False, "bf16"): [128, 128, 3, 1],
+        (1000, 1536, 24576, False, "fp16"): [128, 128, 4, 1],
+        (100, 512, None, True, "bf16"): [64, 128, 3, 2],
+        (300, 7168, None, False, "bf16"): [128, 128, 3, 1],
+    }
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    script = Path(__file__).parent / "compile_gluon.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(build_dir / f"torch-{BACKEND}"), json.dumps(list(cases))],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(results) == len(cases)
+    for (case, expected), result in zip(cases.items(), results, strict=True):
+        *tiles, max_registers = result["tiles"]
+        assert tiles == expected, case
+        per_sm = tiles[3]
+        assert result["wgmma"] > 0, case
+        assert per_sm * result["threads"] * max_registers <= _SM_REGISTERS, (case, result)
+        assert per_sm * (result["shared"] + _BLOCK_RESERVED_SHARED_BYTES) <= _SM_SHARED_BYTES, (case, result)
 
 
 @requires_hopper

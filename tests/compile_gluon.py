@@ -1,0 +1,77 @@
+"""Compile a build's Hopper Gluon GEMM for sm_90a on any machine, GPU or not.
+
+Run as a script, without ``TRITON_INTERPRET`` (under the interpreter Gluon functions cannot be
+compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case is
+``[m, k, dense_n or null, ue8m0, out_dtype]`` and takes the tiles ``wgmma_tiles`` ships for it
+(grouped when dense_n is null). Prints one JSON object per case: the tiles and what a launch
+needs (threads, registers per thread, shared memory per program).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+
+HOPPER = GPUTarget("cuda", 90, 128)
+SCALAR_ARGS = ["M", "N", "K", "ends_ptr", "num_experts", "stride_xsm", "stride_xsk"]
+SCALAR_ARGS += ["stride_wse", "stride_wsn", "stride_wsk", "stride_om"]
+
+
+def load_package(package_dir: Path):
+    spec = importlib.util.spec_from_file_location(
+        "finegrained_fp8", package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["finegrained_fp8"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def descriptor_type(rows: int) -> str:
+    layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
+    return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
+
+
+def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
+    tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
+    experts = 1 if dense_n is not None else 256
+    signature = {"x_desc": descriptor_type(tiles.block_m), "w_desc": descriptor_type(tiles.block_n)}
+    signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
+    signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
+    constants = {
+        "GROUP_M": 8,
+        "BLOCK_E": 0 if dense_n is not None else experts,
+        "STAGES": tiles.stages,
+        "WS_UE8M0": ue8m0,
+        "MATH_REGISTERS": tiles.max_registers,
+        "num_warps": 4,
+    }
+    signature |= dict.fromkeys(constants, "constexpr")
+    source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constants, attrs={})
+    kernel = triton.compile(source, target=HOPPER, options={"num_warps": 4, "maxnreg": tiles.max_registers})
+    return {
+        "tiles": [tiles.block_m, tiles.block_n, tiles.stages, tiles.programs_per_sm, tiles.max_registers],
+        "threads": kernel.metadata.num_warps * 32,
+        "shared": kernel.metadata.shared,
+        "wgmma": kernel.asm["ptx"].count("wgmma.mma_async"),
+    }
+
+
+def main() -> None:
+    package = load_package(Path(sys.argv[1]))
+    wgmma = sys.modules[f"{package.__name__}._wgmma"]
+    tiles_module = sys.modules[f"{package.__name__}._tiles"]
+    for case in json.loads(sys.argv[2]):
+        print(json.dumps(compile_case(wgmma, tiles_module, *case)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
