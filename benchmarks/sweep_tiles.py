@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import bench, load_package, random_weight
+from run import DENSE_SHAPES, bench, load_package, random_weight
 
 CASES = [
     (16, 18432, 7168),
@@ -37,8 +37,7 @@ def candidates(m: int):
                 yield {"block_n": bn, "block_m": bm, "num_warps": warps, "num_stages": stages}, split_mult
 
 
-WGMMA_SHAPES = ((18432, 7168), (7168, 18432), (24576, 1536))
-WGMMA_CASES = [(m, n, k) for m in (128, 256, 1024, 4096, 8192) for n, k in WGMMA_SHAPES]
+WGMMA_CASES = [(m, n, k) for m in (128, 256, 1024, 4096, 8192) for n, k in DENSE_SHAPES]
 
 
 def wgmma_candidates(tiles_type):
