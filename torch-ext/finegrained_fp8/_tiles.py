@@ -77,12 +77,15 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
     return _gemm_tiles(shape, block_k, k_blocks, split)
 
 
-# Grouped calls with up to this K (and up to _NARROW_MAX_M rows per expert) take 64-token Gluon tiles.
-_GROUPED_NARROW_MAX_K = 1024
-# Up to this K the 128-token Gluon tiles take a fourth ring slot.
-_SHORT_K = 2048
-# Up to this many tokens dense Gluon tiles are 64 weight rows wide (more tiles to share out).
-_NARROW_N_MAX_M = 128
+# The Gluon kernel's tiles (``wgmma_tiles``, which gives the measurements): 64-token tiles up to this
+# many tokens (grouped calls: rows per expert) ...
+_WGMMA_NARROW_MAX_M = 256
+# ... for grouped calls only up to this K ...
+_WGMMA_GROUPED_NARROW_MAX_K = 1024
+# ... and for dense calls up to this many tokens with 64 weight rows (more tiles to share out);
+_WGMMA_NARROW_N_MAX_M = 128
+# 128-token tiles take a fourth ring slot up to this K.
+_WGMMA_FOUR_STAGES_MAX_K = 2048
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,14 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
     """
     if m <= DECODE_MAX_M:
         return None
-    if dense_n is not None and m <= _NARROW_N_MAX_M:
+    if dense_n is not None and m <= _WGMMA_NARROW_N_MAX_M:
         tiles = cdiv(m, 64) * cdiv(dense_n, 64)
         per_sm = 3 if tiles >= 3 * multiprocessor_count(device) else 2
         return WgmmaTiles(block_m=64, block_n=64, stages=4, programs_per_sm=per_sm, max_registers=80)
-    if m <= _NARROW_MAX_M and (dense_n is not None or k <= _GROUPED_NARROW_MAX_K):
+    if m <= _WGMMA_NARROW_MAX_M and (dense_n is not None or k <= _WGMMA_GROUPED_NARROW_MAX_K):
         return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
-    return WgmmaTiles(block_m=128, block_n=128, stages=4 if k <= _SHORT_K else 3, programs_per_sm=1, max_registers=168)
+    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K else 3
+    return WgmmaTiles(block_m=128, block_n=128, stages=stages, programs_per_sm=1, max_registers=168)
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
