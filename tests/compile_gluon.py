@@ -3,7 +3,7 @@
 Run as a script, without ``TRITON_INTERPRET`` (under the interpreter Gluon functions cannot be
 compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case is
 ``[m, k, dense_n or null, ue8m0, out_dtype]`` and takes the tiles ``wgmma_tiles`` ships for it
-(grouped when dense_n is null). Prints one JSON object per case: the tiles and what a launch
+(grouped over 256 experts when dense_n is null). Prints one JSON object per case: the tiles and what a launch
 needs (threads, registers per thread, shared memory per program).
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 HOPPER = GPUTarget("cuda", 90, 128)
@@ -35,25 +34,17 @@ def load_package(package_dir: Path):
     return module
 
 
-def descriptor_type(rows: int) -> str:
-    layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
-    return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
+def descriptor_type(wgmma, rows: int) -> str:
+    return f"tensordesc<fp8e4nv[{rows}, 128],{wgmma._operand_layout(rows)!r}>"
 
 
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
     tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
-    experts = 1 if dense_n is not None else 256
-    signature = {"x_desc": descriptor_type(tiles.block_m), "w_desc": descriptor_type(tiles.block_n)}
+    grouped = dense_n is None
+    signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "w_desc": descriptor_type(wgmma, tiles.block_n)}
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
-    constants = {
-        "GROUP_M": 8,
-        "BLOCK_E": 0 if dense_n is not None else experts,
-        "STAGES": tiles.stages,
-        "WS_UE8M0": ue8m0,
-        "MATH_REGISTERS": tiles.max_registers,
-        "num_warps": 4,
-    }
+    constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0)
     signature |= dict.fromkeys(constants, "constexpr")
     source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constants, attrs={})
     kernel = triton.compile(source, target=HOPPER, options={"num_warps": 4, "maxnreg": tiles.max_registers})

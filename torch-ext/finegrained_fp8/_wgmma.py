@@ -338,6 +338,23 @@ def serves(
     )
 
 
+def _operand_layout(rows: int) -> gl.NVMMASharedLayout:
+    """Shared-memory layout of a [rows, 128] e4m3 operand tile (TMA writes it, wgmma reads it)."""
+    return gl.NVMMASharedLayout.get_default_for([rows, BLOCK_SHAPE[1]], gl.float8e4nv)
+
+
+def _kernel_constants(tiles: WgmmaTiles, experts: int, grouped: bool, ws_ue8m0: bool) -> dict:
+    """The compile-time arguments of ``_gemm_wgmma_kernel`` for these tiles and operands."""
+    return {
+        "GROUP_M": _GROUP_M,
+        "BLOCK_E": max(32, next_power_of_two(experts)) if grouped else 0,
+        "STAGES": tiles.stages,
+        "WS_UE8M0": ws_ue8m0,
+        "MATH_REGISTERS": tiles.max_registers,
+        "num_warps": 4,
+    }
+
+
 def _launch(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -352,12 +369,9 @@ def _launch(
     experts, n = _experts_and_rows(w)
     grouped = ends is not None
     tiles = tiles or _tiles_for(x, w, grouped)
-    x_block = [tiles.block_m, BLOCK_SHAPE[1]]
+    x_desc = TensorDescriptor.from_tensor(x, [tiles.block_m, BLOCK_SHAPE[1]], _operand_layout(tiles.block_m))
     w_block = [tiles.block_n, BLOCK_SHAPE[1]]
-    x_layout = gl.NVMMASharedLayout.get_default_for(x_block, gl.float8e4nv)
-    w_layout = gl.NVMMASharedLayout.get_default_for(w_block, gl.float8e4nv)
-    x_desc = TensorDescriptor.from_tensor(x, x_block, x_layout)
-    w_desc = TensorDescriptor.from_tensor(w.reshape(experts * n, k), w_block, w_layout)
+    w_desc = TensorDescriptor.from_tensor(w.reshape(experts * n, k), w_block, _operand_layout(tiles.block_n))
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = (ws.view(torch.uint8) if ws_ue8m0 else ws).reshape(experts, *ws.shape[-2:])
     xs_strides = (0, 0) if xs.numel() == 1 else (xs.stride(0), xs.stride(1))
@@ -369,9 +383,7 @@ def _launch(
             x_desc, w_desc, xs, ws, out,
             m, n, k, ends if grouped else xs, experts,
             *xs_strides, *ws.stride(), out.stride(0),
-            GROUP_M=_GROUP_M, BLOCK_E=max(32, next_power_of_two(experts)) if grouped else 0,
-            STAGES=tiles.stages, WS_UE8M0=ws_ue8m0,
-            MATH_REGISTERS=tiles.max_registers, num_warps=4, maxnreg=tiles.max_registers,
+            **_kernel_constants(tiles, experts, grouped, ws_ue8m0), maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
