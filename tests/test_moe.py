@@ -73,11 +73,12 @@ def test_batched_sentinel_rows_are_zero(fp8, device, gen, id_dtype):
 
 
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("rows, experts", [(70, 5), (601, 40)])  # one step of ids; several, partial
-def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype, rows, experts):
+@pytest.mark.parametrize("rows, experts, chunk", [(70, 5, 4096), (601, 40, 64)])  # one step of ids; several, partial
+def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype, rows, experts, chunk):
     """The routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same stable order
     and bucket ends, and batched results through either path match the reference."""
     moe = sys.modules[fp8.matmul_batched.__module__]
+    monkeypatch.setattr(moe, "_ROUTE_CHUNK", chunk)
     ids = random_ids(rows, experts, gen, device, id_dtype, sentinels=6)
     ids[3] = -2
     bucket = torch.where((ids >= 0) & (ids < experts), ids, experts).cpu()

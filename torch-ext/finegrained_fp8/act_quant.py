@@ -21,6 +21,7 @@ def _act_quant_kernel(
     x_ptr,
     q_ptr,
     s_ptr,
+    source_rows_ptr,
     M,
     K,
     stride_xm,
@@ -30,9 +31,11 @@ def _act_quant_kernel(
     BLOCK_G: tl.constexpr,
     STATIC_SCALE: tl.constexpr,
     POWER_OF_TWO_SCALE: tl.constexpr,
+    GATHER: tl.constexpr,
 ):
     """One program quantizes a [BLOCK_M rows, one group] tile of x (M, K); q is (M, K) contiguous.
 
+    Row i of q comes from row i of x, or from row source_rows[i] (GATHER; int32, a permutation).
     Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
     """
     pid_m = tl.program_id(0)
@@ -43,7 +46,11 @@ def _act_quant_kernel(
     row_ok = rows < M
     mask = row_ok[:, None] & (cols[None, :] < K) & (in_group[None, :] < GROUP)
     rows64 = rows.to(tl.int64)
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if GATHER:
+        sources = tl.load(source_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    else:
+        sources = rows64
+    x = tl.load(x_ptr + sources[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if STATIC_SCALE:
         q = quantize_static(x, tl.load(s_ptr))
     else:
@@ -53,12 +60,18 @@ def _act_quant_kernel(
 
 
 def quantize_2d(
-    x2d: torch.Tensor, group: int, static_scale: torch.Tensor | None = None, power_of_two_scale: bool = False
+    x2d: torch.Tensor,
+    group: int,
+    static_scale: torch.Tensor | None = None,
+    power_of_two_scale: bool = False,
+    source_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x2d`` (M, K), unit stride along K, with one launch.
 
     Returns ``(q, s)``: q (M, K) e4m3 contiguous; s the (M, ceil(K / group)) float32 group scales
     (dynamic), or ``static_scale`` itself, the one per-tensor scale the kernel read (static).
+    ``source_rows`` (M,) int32, a permutation of the rows: row i of q and s quantizes row
+    ``source_rows[i]`` of x (the rows come out in that order).
     """
     m, k = x2d.shape
     static = static_scale is not None
@@ -74,6 +87,7 @@ def quantize_2d(
             x2d,
             q,
             s,
+            q if source_rows is None else source_rows,
             m,
             k,
             x2d.stride(0),
@@ -83,6 +97,7 @@ def quantize_2d(
             BLOCK_G=block_g,
             STATIC_SCALE=static,
             POWER_OF_TWO_SCALE=power_of_two_scale,
+            GATHER=source_rows is not None,
             num_warps=8 if block_m * block_g >= 8192 else 4,
         )
     return q, s

@@ -9,11 +9,12 @@ tile table from the per-expert row ends on the device, so the calls need no host
 and can be captured in a CUDA graph and replayed with a different routing.
 
 - Grouped: the row ends are the caller's ``offsets``; rows are read and written in place.
-- Batched: a routing kernel orders the rows by expert (stably: each program places its rows by
-  counting the rows that precede them, so no program waits for another) and counts them per
-  expert (sentinel ids, ``>= E`` or negative, go to an extra last bucket whose rows are written as
-  zeros without any GEMM work). The expert kernel then gathers rows through that order and scatters
-  results back to their original rows.
+- Batched: a routing kernel orders the rows by expert (stably: one program per expert finds where
+  its rows start and places them, so no program waits for another) and counts them per expert
+  (sentinel ids, ``>= E`` or negative, go to an extra last bucket whose rows are written as zeros
+  without any GEMM work). The quantization launch gathers the rows into that order, so the expert
+  kernel reads them like grouped rows and only its stores go through the order, back to the
+  original rows.
 
 Activations are quantized first by ``fp8_act_quant``'s kernel (per row and ``block_k`` group; per
 row over all of K in per-tensor mode), one launch over the S rows, so codes and scales are exactly
@@ -53,13 +54,13 @@ from .dense import hopper_gemm
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
-# Up to this many rows the routing kernel places them; beyond it torch sorts them. The kernel's work
-# grows with rows squared (H100: 2.3 us at 8 rows, 5.7 at 1024, 20 at 4096, 189 at 16384; torch's
-# sort path 21-52 us up to 4096 rows, 95 at 16384).
-_ROUTE_MAX_ROWS = 4096
-# Rows (and bucket ends) one routing program places, and ids it compares them with per step.
-_ROUTE_BLOCK_R = 16
-_ROUTE_CHUNK = 256
+# Up to this many rows the routing kernel places them; beyond it torch sorts them. Each of the E + 1
+# programs scans every row, so the kernel's work grows with rows x experts (H100, E = 128 or 256:
+# 2.2 us at 8 rows, 3.2-3.5 at 1024, 5.7-6.9 at 4096, 17-22 at 16384; torch's sort path 21-52 us up
+# to 4096 rows, 95 at 16384, and both about 70-85 at 65536).
+_ROUTE_MAX_ROWS = 16384
+# Rows a routing program compares per step (8 warps; 1024 and 2048 were 5-45% slower at 4096 rows and more).
+_ROUTE_CHUNK = 4096
 
 
 @triton.jit
@@ -70,30 +71,33 @@ def _bucket(ids_ptr, rows, valid, E):
 
 
 @triton.jit
-def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr):
-    """Order S rows by bucket (stable). Program p handles the lanes [p * BLOCK_R, (p + 1) * BLOCK_R):
-    it places the rows and writes the ends of the buckets with those indices, counting over all rows
-    in steps of CHUNK.
+def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr):
+    """Order S rows by bucket (stable). Program b places the rows of bucket b: a first scan over all
+    rows counts those in earlier buckets (where bucket b starts), a second stores bucket b's rows in
+    row order; both in steps of CHUNK rows.
 
-    Row s goes to position pos(s) = the number of rows s' with (bucket(s'), s') < (bucket(s), s):
-    perm (S,) int32 gets perm[pos(s)] = s. ends (E + 1,) int32: ends[b] = the number of rows with
-    bucket <= b (inclusive cumulative counts of buckets 0..E). No program waits for another.
+    perm (S,) int32: perm[pos] = the row at position pos. ends (E + 1,) int32: ends[b] = the number of
+    rows with bucket <= b (inclusive cumulative counts of buckets 0..E). No program waits for
+    another, and each reads only the ids.
     """
-    lanes = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rows_ok = lanes < S
-    mine = _bucket(ids_ptr, lanes, rows_ok, E)
-    pos = tl.zeros((BLOCK_R,), dtype=tl.int32)
-    ends = tl.zeros((BLOCK_R,), dtype=tl.int32)
-    for start in range(0, S, CHUNK):
-        others = start + tl.arange(0, CHUNK)
-        others_ok = others < S
-        theirs = _bucket(ids_ptr, others, others_ok, E)
-        same = theirs[None, :] == mine[:, None]
-        before = (theirs[None, :] < mine[:, None]) | (same & (others[None, :] < lanes[:, None]))
-        pos += tl.sum((before & others_ok[None, :]).to(tl.int32), 1)
-        ends += tl.sum(((theirs[None, :] <= lanes[:, None]) & others_ok[None, :]).to(tl.int32), 1)
-    tl.store(perm_ptr + pos, lanes, mask=rows_ok)
-    tl.store(ends_ptr + lanes, ends, mask=lanes <= E)
+    b = tl.program_id(0)
+    start = 0
+    count = 0
+    for first in range(0, S, CHUNK):
+        rows = first + tl.arange(0, CHUNK)
+        ok = rows < S
+        theirs = _bucket(ids_ptr, rows, ok, E)
+        start += tl.sum(((theirs < b) & ok).to(tl.int32), 0)
+        count += tl.sum(((theirs == b) & ok).to(tl.int32), 0)
+    tl.store(ends_ptr + b, start + count)
+    if count > 0:
+        placed = start
+        for first in range(0, S, CHUNK):
+            rows = first + tl.arange(0, CHUNK)
+            mine = (_bucket(ids_ptr, rows, rows < S, E) == b) & (rows < S)
+            taken = mine.to(tl.int32)
+            tl.store(perm_ptr + placed + tl.cumsum(taken, 0) - 1, rows, mask=mine)
+            placed += tl.sum(taken, 0)
 
 
 @triton.jit
@@ -153,14 +157,14 @@ def _expert_gemm_kernel(
     PER_K_SCALE: tl.constexpr,
     WS_UE8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
-    GATHER: tl.constexpr,
+    SCATTER: tl.constexpr,
 ):
     """One program: BLOCK_M rows of one bucket x BLOCK_N output columns, over all of K.
 
     w (E, N, K) e4m3 through strides (K contiguous); ws weight scales [e, n // scale_block_n, k block]
-    through strides. x (S, K) e4m3 codes with scales xs [s, k block] through strides; out (S, N).
-    Row positions index ``perm`` (GATHER) or are the rows themselves. Buckets >= num_experts (the
-    batched sentinel bucket) store zeros.
+    through strides. x (S, K) e4m3 codes with scales xs [s, k block] through strides, one row per
+    position; out (S, N). The output row of a position is ``perm[position]`` (SCATTER) or the
+    position itself. Buckets >= num_experts (the batched sentinel bucket) store zeros.
     """
     pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tiles_m, GROUP_N)
     bucket, start, end = _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M, BLOCK_E)
@@ -169,11 +173,11 @@ def _expert_gemm_kernel(
         pos = start + tl.arange(0, BLOCK_M)
         row_ok = (pos < end) & (pos < S)
         # Positions past the tile's last row repeat a valid one: loads need no mask, the store drops them.
-        pos = tl.maximum(tl.minimum(pos, tl.minimum(end, S) - 1), 0)
-        if GATHER:
-            rows = tl.load(perm_ptr + pos).to(tl.int64)
+        pos = tl.maximum(tl.minimum(pos, tl.minimum(end, S) - 1), 0).to(tl.int64)
+        if SCATTER:
+            rows = tl.load(perm_ptr + pos).to(tl.int64)  # needed only by the store: off the main loop's path
         else:
-            rows = pos.to(tl.int64)
+            rows = pos
         out_ptrs = out_ptr + rows[None, :] * stride_om + offs_n[:, None]
         out_mask = (offs_n < N)[:, None] & row_ok[None, :]
         if bucket < num_experts:
@@ -182,8 +186,8 @@ def _expert_gemm_kernel(
             acc = scaled_tile_product(
                 w_ptr + expert * stride_we + rows_n.to(tl.int64)[:, None] * stride_wn,
                 ws_ptr + expert * stride_wse + (rows_n // scale_block_n) * stride_wsn,
-                x_ptr + rows[:, None] * stride_xm,
-                xs_ptr + rows * stride_xsm,
+                x_ptr + pos[:, None] * stride_xm,
+                xs_ptr + pos * stride_xsm,
                 K,
                 0,
                 tl.cdiv(K, BLOCK_K),
@@ -214,15 +218,8 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
     perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
     ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
     with on_device_of(expert_ids):
-        wrap_triton(_route_kernel)[(cdiv(max(s, num_experts + 1), _ROUTE_BLOCK_R),)](
-            expert_ids,
-            perm,
-            ends,
-            s,
-            num_experts,
-            BLOCK_R=_ROUTE_BLOCK_R,
-            CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
-            num_warps=4,
+        wrap_triton(_route_kernel)[(num_experts + 1,)](
+            expert_ids, perm, ends, s, num_experts, CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)), num_warps=8
         )
     return perm, ends
 
@@ -263,7 +260,7 @@ def launch_expert_gemm(
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = ws.view(torch.uint8) if ws_ue8m0 else ws
     ws, stride_wse, stride_wsn, stride_wsk = _weight_scale_strides(ws, experts, per_k_scale)
-    xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
+    xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k, source_rows=perm)
     if perm is None and not explicit_tiles and hopper_gemm is not None and hopper_gemm.serves(xq, w, out, block, True):
         hopper_gemm.launch(xq, w, xs, ws, out, ends)
         return
@@ -277,7 +274,7 @@ def launch_expert_gemm(
             BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
             BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
             PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
-            GATHER=perm is not None,
+            SCATTER=perm is not None,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )  # fmt: skip
 
@@ -364,7 +361,7 @@ def matmul_batched(
 
     Returns:
         C (S, N). Each expert's weights are read once per tile of the rows routed to it. Three
-        launches: quantization, routing, expert GEMM.
+        launches: routing, quantization (which gathers the rows into expert order), expert GEMM.
     """
     block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
     check_vector("expert_ids", expert_ids, ID_DTYPES, A.shape[0], "one per row of A")
