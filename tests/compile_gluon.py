@@ -3,19 +3,24 @@
 Run as a script, without ``TRITON_INTERPRET`` (under the interpreter Gluon functions cannot be
 compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case is
 ``[m, k, dense_n or null, ue8m0, out_dtype]`` and takes the tiles ``wgmma_tiles`` ships for it
-(grouped over 256 experts when dense_n is null). Prints one JSON object per case: the tiles and what a launch
-needs (threads, registers per thread, shared memory per program).
+(grouped over 256 experts when dense_n is null). Prints one JSON object per case: the tiles, what a launch
+needs (threads, registers per thread, shared memory per program), and the SASS instructions that touch
+local memory (register spills).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import triton
+import triton.knobs
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -38,6 +43,17 @@ def descriptor_type(wgmma, rows: int) -> str:
     return f"tensordesc<fp8e4nv[{rows}, 128],{wgmma._operand_layout(rows)!r}>"
 
 
+def local_memory_instructions(cubin: bytes) -> int:
+    """How many SASS instructions load or store local memory (spilled registers) in ``cubin``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        sass = subprocess.run(
+            [triton.knobs.nvidia.nvdisasm.path, "-c", file.name], capture_output=True, text=True, check=True
+        ).stdout
+    return len(re.findall(r"\b(?:LDL|STL)\b", sass))
+
+
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
     tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
     grouped = dense_n is None
@@ -53,6 +69,7 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
         "threads": kernel.metadata.num_warps * 32,
         "shared": kernel.metadata.shared,
         "wgmma": kernel.asm["ptx"].count("wgmma.mma_async"),
+        "local_memory_instructions": local_memory_instructions(kernel.asm["cubin"]),
     }
 
 
