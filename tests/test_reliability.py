@@ -254,6 +254,41 @@ def _module_of(fp8, function_name: str):
     return sys.modules[getattr(fp8, function_name).__module__]
 
 
+def _chained_calls(fp8, x, w, ws, experts_w, experts_ws, ids, offsets, tokens_per_expert) -> list[torch.Tensor]:
+    """Calls that each take the previous call's output as activations: every launch reads what the
+    one before it wrote (quantization -> GEMM -> split-K sum; routing -> gathering quantization ->
+    expert GEMM)."""
+    outs = []
+    for _ in range(3):
+        x = fp8.matmul_2d(x, w, ws, BLOCK)
+        x = fp8.matmul_batched(x, experts_w, experts_ws, ids, BLOCK)
+        x = fp8.matmul_grouped(x, experts_w, experts_ws, offsets, tokens_per_expert, BLOCK)
+        outs.append(x)
+    return outs
+
+
+@requires_cuda
+def test_dependent_launches_read_what_the_previous_kernel_wrote(fp8, gen, monkeypatch):
+    """On Hopper, eager launches overlap the previous kernel's tail (programmatic dependent launch)
+    and wait for it before reading anything: a chain of calls gives bitwise the results of the
+    same launches without it."""
+    launch = sys.modules[f"{fp8.__name__}._launch"]
+    assert launch.supports_dependent_launch(torch.device("cuda")), "the device GPU should be Hopper or later"
+    w, ws = make_weight(512, 512, (128, 128), gen, "cuda")
+    experts_w, experts_ws = make_expert_weights(4, 512, 512, (128, 128), gen, "cuda")
+    x = make_activation((16, 512), torch.bfloat16, gen, "cuda")
+    ids = torch.randint(0, 4, (16,), generator=gen).to("cuda")
+    _, offsets, tokens_per_expert, _, _ = group_by_expert(x, ids, 4)
+    args = (x, w, ws, experts_w, experts_ws, ids, offsets.to("cuda"), tokens_per_expert.to("cuda"))
+    overlapped = _chained_calls(fp8, *args)
+    for name in ("fp8_act_quant", "matmul_2d", "matmul_batched"):
+        monkeypatch.setattr(_module_of(fp8, name), "dependent_launch_options", lambda device: {"PDL": False})
+    serialized = _chained_calls(fp8, *args)
+    for got, expected in zip(overlapped, serialized, strict=True):
+        assert torch.isfinite(expected).all()
+        assert torch.equal(got, expected)
+
+
 CANARY = 12345.0
 
 

@@ -1,4 +1,5 @@
-"""Launch helpers shared by every op: op registration with its eager path, device guard, device facts."""
+"""Launch helpers shared by every op: op registration with its eager path, device guard, device facts,
+and programmatic dependent launch."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import triton
+import triton.language as tl
 from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 try:  # what triton_op's own eager backend does: launch wrap_triton kernels directly, not as a HOP
-    from torch._library.triton import set_wrap_triton_enabled
+    from torch._library.triton import is_wrap_triton_enabled, set_wrap_triton_enabled
 except ImportError:  # a torch without it: every call goes through the op
-    set_wrap_triton_enabled = None
+    is_wrap_triton_enabled = set_wrap_triton_enabled = None
 
 from ._ops import add_op_namespace_prefix
 
@@ -87,6 +91,33 @@ def multiprocessor_count(device: torch.device) -> int:
 def compute_capability(device: torch.device) -> tuple[int, int] | None:
     """(major, minor) of a CUDA ``device``, None for the CPU. Queried lazily, once."""
     return _facts_of(device)[1]
+
+
+def supports_dependent_launch(device: torch.device) -> bool:
+    """Whether ``device`` has programmatic dependent launch (Hopper and later)."""
+    return (compute_capability(device) or (0, 0)) >= (9, 0)
+
+
+def dependent_launch_options(device: torch.device) -> dict:
+    """Launch arguments of a kernel that calls ``wait_for_previous_kernel(PDL)`` first: on Hopper and
+    later, on the direct eager path (kernels launched by Triton itself, not traced), the kernel is
+    launched while the previous one finishes (its setup overlaps that kernel's tail). H100, one call
+    of a CUDA graph: batched MoE at 1 token 1-2 us faster (Qwen3-30B 13.4 -> 11.6 us).
+
+    Not for persistent kernels (the Gluon GEMM): programs launched early land on whichever SMs have
+    room, so some SMs get more than their share (H100, M = 128: 60 us -> 74-91 us)."""
+    enabled = is_wrap_triton_enabled is not None and not is_wrap_triton_enabled() and supports_dependent_launch(device)
+    return {"PDL": True, "launch_pdl": True} if enabled else {"PDL": False}
+
+
+@triton.jit
+def wait_for_previous_kernel(PDL: tl.constexpr):
+    """With PDL: wait until the kernel before this one in the stream has finished and its writes are
+    visible, then let the next kernel launch. Called first, so the kernel behaves as if launched
+    after the previous one ended. No-op without PDL (the CPU interpreter cannot run it)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def cdiv(a: int, b: int) -> int:

@@ -7,7 +7,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._launch import cdiv, next_power_of_two, on_device_of, registered_op, with_unit_k_stride
+from ._launch import (
+    cdiv,
+    dependent_launch_options,
+    next_power_of_two,
+    on_device_of,
+    registered_op,
+    wait_for_previous_kernel,
+    with_unit_k_stride,
+)
 from ._quant import quantize_rows, quantize_static
 from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
 
@@ -32,12 +40,14 @@ def _act_quant_kernel(
     STATIC_SCALE: tl.constexpr,
     POWER_OF_TWO_SCALE: tl.constexpr,
     GATHER: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program quantizes a [BLOCK_M rows, one group] tile of x (M, K); q is (M, K) contiguous.
 
     Row i of q comes from row i of x, or from row source_rows[i] (GATHER; int32, a permutation).
     Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
     """
+    wait_for_previous_kernel(PDL)
     pid_m = tl.program_id(0)
     group = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -99,6 +109,7 @@ def quantize_2d(
             POWER_OF_TWO_SCALE=power_of_two_scale,
             GATHER=source_rows is not None,
             num_warps=8 if block_m * block_g >= 8192 else 4,
+            **dependent_launch_options(x2d.device),
         )
     return q, s
 

@@ -18,7 +18,16 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._gemm_core import scaled_tile_product, tile_coordinates
-from ._launch import block_from_op_args, block_to_op_args, cdiv, on_device_of, registered_op, with_unit_k_stride
+from ._launch import (
+    block_from_op_args,
+    block_to_op_args,
+    cdiv,
+    dependent_launch_options,
+    on_device_of,
+    registered_op,
+    wait_for_previous_kernel,
+    with_unit_k_stride,
+)
 from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -63,6 +72,7 @@ def _gemm_kernel(
     PER_K_SCALE: tl.constexpr,
     WS_UE8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program: an out tile of BLOCK_M tokens x BLOCK_N columns over one split of K.
 
@@ -71,6 +81,7 @@ def _gemm_kernel(
     xs activation scales [m, k block] through strides. out is (M, N) when there is one split, else
     a float32 workspace (splits, M, N) reduced by ``_sum_splits_kernel``.
     """
+    wait_for_previous_kernel(PDL)
     split = tl.program_id(1)
     pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -101,8 +112,9 @@ def _gemm_kernel(
 
 
 @triton.jit
-def _sum_splits_kernel(partials_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+def _sum_splits_kernel(partials_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """out[i] = sum over s of partials[s, i], always in the order s = 0, 1, ... (bitwise reproducible)."""
+    wait_for_previous_kernel(PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.load(partials_ptr + offs, mask=mask, other=0.0)
@@ -151,6 +163,7 @@ def launch_gemm(
     split = tiles.split_k
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
     grid = (cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), split)
+    overlap = dependent_launch_options(x.device)
     with on_device_of(x):
         wrap_triton(_gemm_kernel)[grid](
             w, ws, x, xs, target,
@@ -161,12 +174,12 @@ def launch_gemm(
             block[0] if per_k_scale else n, tiles.k_blocks_per_split,
             BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
             PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **overlap,
         )  # fmt: skip
         if split > 1:
             block_elems = 1024
             wrap_triton(_sum_splits_kernel)[(cdiv(m * n, block_elems),)](
-                target, out, m * n, SPLITS=split, BLOCK=block_elems, num_warps=4
+                target, out, m * n, SPLITS=split, BLOCK=block_elems, num_warps=4, **overlap
             )
 
 

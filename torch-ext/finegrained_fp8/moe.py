@@ -35,9 +35,11 @@ from ._launch import (
     block_from_op_args,
     block_to_op_args,
     cdiv,
+    dependent_launch_options,
     next_power_of_two,
     on_device_of,
     registered_op,
+    wait_for_previous_kernel,
     with_unit_k_stride,
 )
 from ._tiles import GemmTiles, expert_tiles
@@ -71,7 +73,7 @@ def _bucket(ids_ptr, rows, valid, E):
 
 
 @triton.jit
-def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr):
+def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr, PDL: tl.constexpr):
     """Order S rows by bucket (stable). Program b places the rows of bucket b: a first scan over all
     rows counts those in earlier buckets (where bucket b starts), a second stores bucket b's rows in
     row order; both in steps of CHUNK rows.
@@ -80,6 +82,7 @@ def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr):
     rows with bucket <= b (inclusive cumulative counts of buckets 0..E). No program waits for
     another, and each reads only the ids.
     """
+    wait_for_previous_kernel(PDL)
     b = tl.program_id(0)
     start = 0
     count = 0
@@ -158,6 +161,7 @@ def _expert_gemm_kernel(
     WS_UE8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
     SCATTER: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program: BLOCK_M rows of one bucket x BLOCK_N output columns, over all of K.
 
@@ -166,6 +170,7 @@ def _expert_gemm_kernel(
     position; out (S, N). The output row of a position is ``perm[position]`` (SCATTER) or the
     position itself. Buckets >= num_experts (the batched sentinel bucket) store zeros.
     """
+    wait_for_previous_kernel(PDL)
     pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tiles_m, GROUP_N)
     bucket, start, end = _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M, BLOCK_E)
     if bucket < num_buckets:
@@ -219,7 +224,14 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
     ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
     with on_device_of(expert_ids):
         wrap_triton(_route_kernel)[(num_experts + 1,)](
-            expert_ids, perm, ends, s, num_experts, CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)), num_warps=8
+            expert_ids,
+            perm,
+            ends,
+            s,
+            num_experts,
+            CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
+            num_warps=8,
+            **dependent_launch_options(expert_ids.device),
         )
     return perm, ends
 
@@ -275,7 +287,7 @@ def launch_expert_gemm(
             BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
             PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
             SCATTER=perm is not None,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
         )  # fmt: skip
 
 
