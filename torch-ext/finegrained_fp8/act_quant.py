@@ -10,6 +10,7 @@ from torch.library import wrap_triton
 from ._launch import (
     cdiv,
     dependent_launch_options,
+    let_next_kernel_launch,
     next_power_of_two,
     on_device_of,
     registered_op,
@@ -48,6 +49,7 @@ def _act_quant_kernel(
     Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
     """
     wait_for_previous_kernel(PDL)
+    let_next_kernel_launch(PDL)
     pid_m = tl.program_id(0)
     group = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

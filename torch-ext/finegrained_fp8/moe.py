@@ -36,6 +36,7 @@ from ._launch import (
     block_to_op_args,
     cdiv,
     dependent_launch_options,
+    let_next_kernel_launch,
     next_power_of_two,
     on_device_of,
     registered_op,
@@ -83,6 +84,7 @@ def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr, PDL: t
     another, and each reads only the ids.
     """
     wait_for_previous_kernel(PDL)
+    let_next_kernel_launch(PDL)
     b = tl.program_id(0)
     start = 0
     count = 0
