@@ -43,8 +43,15 @@ def main() -> None:
         fp8.matmul_2d(make_activation((m, k), torch.bfloat16, gen, "cuda"), b, bs, block)
         b, bs = make_weight(n, k, None, gen, "cuda")
         fp8.matmul_2d(make_activation((m, k), torch.bfloat16, gen, "cuda"), b, bs, None)
-    # The last two run grouped on the Hopper Gluon kernel (more than 64 rows per expert).
-    expert_cases = [(1, 3, 70, 200, 0), (30, 4, 130, 136, 5), (150, 2, 96, 384, 3), (400, 3, 200, 1040, 7)]
+    # The last three run grouped on the Hopper Gluon kernel (more than 64 rows per expert); the last one
+    # also routes its rows in two steps (more rows than one routing step compares).
+    expert_cases = [
+        (1, 3, 70, 200, 0),
+        (30, 4, 130, 136, 5),
+        (150, 2, 96, 384, 3),
+        (400, 3, 200, 1040, 7),
+        (5000, 9, 64, 256, 11),
+    ]
     for rows, experts, n, k, sentinels in expert_cases[: 1 if one else None]:
         b, bs = make_expert_weights(experts, n, k, (128, 128), gen, "cuda")
         x = make_activation((rows, k), torch.bfloat16, gen, "cuda")
