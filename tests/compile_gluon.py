@@ -43,6 +43,17 @@ def descriptor_type(wgmma, rows: int) -> str:
     return f"tensordesc<fp8e4nv[{rows}, 128],{wgmma._operand_layout(rows)!r}>"
 
 
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def output_descriptor_type(wgmma, block_n: int, out_dtype: str, grouped: bool, k: int) -> str | None:
+    """The output descriptor's type where the kernel stores through TMA (aligned rows), else None."""
+    dtype = TORCH_DTYPES[out_dtype]
+    if not wgmma.stores_through_tma(dtype, grouped, k):
+        return None
+    return f"tensordesc<{out_dtype}[64, {block_n}],{wgmma.output_layout(block_n, dtype)!r}>"
+
+
 def local_memory_instructions(cubin: bytes) -> int:
     """How many SASS instructions load or store local memory (spilled registers) in ``cubin``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -60,8 +71,11 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "w_desc": descriptor_type(wgmma, tiles.block_n)}
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
-    constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0)
+    out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)
+    constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0, out_desc is not None)
+    signature["out_desc"] = out_desc or signature["x_desc"]  # the kernel's placeholder: x's descriptor
     signature |= dict.fromkeys(constants, "constexpr")
+    signature = {name: signature[name] for name in wgmma._gemm_wgmma_kernel.arg_names}
     source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constants, attrs={})
     kernel = triton.compile(source, target=HOPPER, options={"num_warps": 4, "maxnreg": tiles.max_registers})
     return {
@@ -69,6 +83,7 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
         "threads": kernel.metadata.num_warps * 32,
         "shared": kernel.metadata.shared,
         "wgmma": kernel.asm["ptx"].count("wgmma.mma_async"),
+        "tma_stores": kernel.asm["ptx"].count("cp.async.bulk.tensor.2d.global.shared"),
         "local_memory_instructions": local_memory_instructions(kernel.asm["cubin"]),
     }
 

@@ -221,6 +221,8 @@ def _dense_module(fp8):
         (200, 328, 1040, torch.bfloat16, True, False),  # 64 x 128 tiles, N and K tails
         (300, 384, 2048, torch.float32, False, False),  # 128-token tiles, M tail
         (1000, 1000, 1024, torch.float16, True, False),
+        (1050, 256, 2048, torch.bfloat16, False, False),  # the last tile's second warpgroup lies past M
+        (300, 333, 1024, torch.bfloat16, False, False),  # rows not 16-byte aligned: no TMA store
         (257, 256, 512, torch.bfloat16, False, True),  # one static activation scale
     ],
 )
@@ -257,16 +259,20 @@ _BLOCK_RESERVED_SHARED_BYTES = 1024
 def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
     """Every tile configuration the Gluon kernel ships (dense and grouped) compiles for sm_90a, on any
     machine, without register spills, and its programs per SM fit an SM's registers and shared memory
-    (a configuration over either fails only at launch, on the GPU)."""
+    (a configuration over either fails only at launch, on the GPU), and its tiles leave through one TMA
+    copy per math warpgroup where ``stores_through_tma`` says so, else through stores from registers."""
     # (m, k, dense n or None for grouped over 256 experts, UE8M0 weight scales, out dtype) -> the shipped
-    # (block_m, block_n, stages, programs per SM)
+    # (block_m, block_n, stages, programs per SM) and TMA stores per math warpgroup
     cases = {
-        (100, 7168, 18432, False, "bf16"): [64, 64, 4, 3],
-        (200, 1040, 328, True, "fp32"): [64, 128, 3, 2],
-        (1000, 7168, 18432, False, "bf16"): [128, 128, 3, 1],
-        (1000, 1536, 24576, False, "fp16"): [128, 128, 4, 1],
-        (100, 512, None, True, "bf16"): [64, 128, 3, 2],
-        (300, 7168, None, False, "bf16"): [128, 128, 3, 1],
+        (100, 7168, 18432, False, "bf16"): ([64, 64, 4, 3], 1),
+        (100, 7168, 18432, False, "fp32"): ([64, 64, 4, 3], 0),
+        (200, 1040, 328, True, "fp32"): ([64, 128, 3, 2], 0),
+        (200, 1040, 328, True, "bf16"): ([64, 128, 3, 2], 1),
+        (1000, 7168, 18432, False, "bf16"): ([128, 128, 3, 1], 1),
+        (1000, 1536, 24576, False, "fp16"): ([128, 128, 4, 1], 1),
+        (100, 512, None, True, "bf16"): ([64, 128, 3, 2], 1),
+        (600, 768, None, False, "bf16"): ([128, 128, 4, 1], 1),
+        (300, 7168, None, False, "bf16"): ([128, 128, 3, 1], 0),
     }
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     script = Path(__file__).parent / "compile_gluon.py"
@@ -277,11 +283,12 @@ def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
     assert run.returncode == 0, run.stderr[-3000:]
     results = [json.loads(line) for line in run.stdout.splitlines()]
     assert len(results) == len(cases)
-    for (case, expected), result in zip(cases.items(), results, strict=True):
+    for (case, (expected, tma_stores)), result in zip(cases.items(), results, strict=True):
         *tiles, max_registers = result["tiles"]
         assert tiles == expected, case
         per_sm = tiles[3]
         assert result["wgmma"] > 0, case
+        assert result["tma_stores"] == tma_stores * tiles[0] // 64, (case, result)
         assert result["local_memory_instructions"] == 0, (case, result)
         assert per_sm * result["threads"] * max_registers <= _SM_REGISTERS, (case, result)
         assert per_sm * (result["shared"] + _BLOCK_RESERVED_SHARED_BYTES) <= _SM_SHARED_BYTES, (case, result)

@@ -273,6 +273,7 @@ def _moe_module(fp8):
     "experts, rows, n, k, routing",
     [
         (4, 700, 200, 1040, "skewed"),  # N and K tails, an empty expert, unrouted tail rows
+        (5, 900, 328, 1008, "skewed"),  # the same with TMA stores (K <= 1024) beside register stores
         (3, 600, 320, 7200, "skewed"),  # K > 4096 (DeepSeek-V3 gate_up's tiles) with N and K tails
         (1, 300, 384, 512, "balanced"),
         (256, 20000, 256, 256, "balanced"),  # every expert busy

@@ -48,6 +48,13 @@ _TMA_ALIGN = 16
 _GROUP_M = 8
 # Token rows per math warpgroup: the M of one wgmma.
 _GROUP_ROWS = gl.constexpr(64)
+# Output dtypes stored through a TMA copy from shared memory (see _store_tile).
+_TMA_OUTPUT_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+# Grouped calls store through TMA only up to this K. H200, same-run A/B against stores from registers
+# (2026-12-01, two runs): Qwen3-30B down (K = 768) at 4096 and 8192 tokens 7-10% faster, DeepSeek-V3
+# gate_up (K = 7168) 2-3% slower, K = 2048 within the noise. Dense: 24576x1536 at M = 1024 6-7%
+# faster, the other shapes within the noise (+-3%).
+_GROUPED_TMA_STORE_MAX_K = 1024
 # The loader warp only computes addresses, but the per-tile expert lookup of grouped calls needs more
 # than the 24 a warp can be given: with 24 it spilled over 256 experts, and DeepSeek-V3 grouped GEMMs
 # (H100, 4096 and 8192 tokens) ran 450-694 TFLOPS against 507-698 with 40 (32: in between).
@@ -178,20 +185,38 @@ def _store_rows(acc, out_ptr, first, row_end, col0, N, stride_om, num_warps: gl.
 
 
 @gluon.jit
+def _store_tile(acc, out_desc, out_buf, out_ptr, first, row_end, col0, N, stride_om, BLOCK_E: gl.constexpr,
+                num_warps: gl.constexpr):  # fmt: skip
+    """Store ``acc`` like ``_store_rows``, through a TMA copy from ``out_buf`` (shared memory) where it
+    may: the copy runs while the warpgroup goes on with its next tile. TMA clips rows at M and columns
+    at N, not at an expert's end, so a grouped tile whose rows reach into the next expert's takes
+    ``_store_rows``. Dense tiles past M (the second warpgroup of a last tile) store nothing."""
+    if BLOCK_E > 0 and first + _GROUP_ROWS > row_end:
+        _store_rows(acc, out_ptr, first, row_end, col0, N, stride_om, num_warps)
+    elif first < row_end:
+        tma.store_wait(0)  # the previous tile's copy has read the buffer
+        out_buf.store(acc.to(out_buf.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(out_desc, [first, col0], out_buf)
+
+
+@gluon.jit
 def _mma_partition(
     operands,
     GROUP_M: gl.constexpr,
     BLOCK_E: gl.constexpr,
     WS_UE8M0: gl.constexpr,
+    TMA_STORE: gl.constexpr,
     ROW0: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """One math warpgroup: rows [ROW0, ROW0 + _GROUP_ROWS) of every token tile. Per K block one wgmma into a
     fresh product, then the scaled product added in float32; the slot goes back to the loader once
-    read (by every math warpgroup). Per tile the store, while the loader already fills the ring for
-    the next tile. Each warpgroup is its own partition, so two of them synchronize only through the
-    ring and one scales while the other's wgmma runs. ``operands``: the kernel's ``math_operands``."""
-    (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
+    read (by every math warpgroup). Per tile the store (with TMA_STORE a TMA copy, which runs on
+    while the warpgroup starts the next tile), while the loader already fills the ring for the next
+    tile. Each warpgroup is its own partition, so two of them synchronize only through the ring and
+    one scales while the other's wgmma runs. ``operands``: the kernel's ``math_operands``."""
+    (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, out_desc, out_bufs, M, N, K, ends_ptr, num_experts,
      stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om) = operands  # fmt: skip
     STAGES: gl.constexpr = x_ring.type.shape[0]
     BLOCK_M: gl.constexpr = x_ring.type.shape[1]
@@ -224,7 +249,13 @@ def _mma_partition(
             acc += product * scale[:, None]
             step += 1
         row_end = gl.where(is_work, gl.minimum(end, M), 0)
-        _store_rows(acc, out_ptr, first, row_end, pid_n * BLOCK_N, N, stride_om, num_warps)
+        if TMA_STORE:
+            _store_tile(acc, out_desc, out_bufs.index(ROW0 // _GROUP_ROWS), out_ptr, first, row_end,
+                        pid_n * BLOCK_N, N, stride_om, BLOCK_E, num_warps)  # fmt: skip
+        else:
+            _store_rows(acc, out_ptr, first, row_end, pid_n * BLOCK_N, N, stride_om, num_warps)
+    if TMA_STORE:
+        tma.store_wait(0)  # the last tile's copy has read its buffer before the program exits
 
 
 @gluon.jit
@@ -234,6 +265,7 @@ def _gemm_wgmma_kernel(
     xs_ptr,
     ws_ptr,
     out_ptr,
+    out_desc,
     M,
     N,
     K,
@@ -249,6 +281,7 @@ def _gemm_wgmma_kernel(
     BLOCK_E: gl.constexpr,
     STAGES: gl.constexpr,
     WS_UE8M0: gl.constexpr,
+    TMA_STORE: gl.constexpr,
     MATH_REGISTERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
@@ -257,33 +290,38 @@ def _gemm_wgmma_kernel(
     x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K]; w_desc: (E * N, K) e4m3 (E = 1 for a
     dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = 128, a weight scale block, or 64, half of
     one). xs [m, k block] and ws [e, n block, k block] float32 scales (ws UE8M0 codes when
-    WS_UE8M0) through strides; out (M, N) through ``stride_om``. Grouped (BLOCK_E > 0): rows sorted
-    by expert, ``ends_ptr`` the inclusive cumulative row counts of the ``num_experts`` experts; rows
-    past the last end are neither read for work nor written. Out-of-range rows and K columns are
-    zero-filled by TMA and never stored.
+    WS_UE8M0) through strides; out (M, N) through ``stride_om`` and, with TMA_STORE, ``out_desc``
+    (block [_GROUP_ROWS, BLOCK_N], see ``_store_tile``; without TMA_STORE a placeholder). Grouped
+    (BLOCK_E > 0): rows sorted by expert, ``ends_ptr`` the inclusive cumulative row counts of the
+    ``num_experts`` experts; rows past the last end are neither read for work nor written.
+    Out-of-range rows and K columns are zero-filled by TMA and never stored.
     """
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    MATH_GROUPS: gl.constexpr = BLOCK_M // _GROUP_ROWS  # 1 or 2
     x_ring = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     w_ring = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    MATH_GROUPS: gl.constexpr = BLOCK_M // _GROUP_ROWS  # 1 or 2
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=MATH_GROUPS)
+    if TMA_STORE:  # one output buffer per math warpgroup
+        out_bufs = gl.allocate_shared_memory(out_desc.dtype, [MATH_GROUPS, _GROUP_ROWS, BLOCK_N], out_desc.layout)
+    else:  # a placeholder, never touched
+        out_bufs = x_ring
     fence_async_shared()
-    math_operands = (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, M, N, K, ends_ptr, num_experts,
-                     stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om)  # fmt: skip
+    math_operands = (x_ring, w_ring, ready, empty, xs_ptr, ws_ptr, out_ptr, out_desc, out_bufs, M, N, K, ends_ptr,
+                     num_experts, stride_xsm, stride_xsk, stride_wse, stride_wsn, stride_wsk, stride_om)  # fmt: skip
     load_operands = (x_desc, w_desc, x_ring, w_ring, ready, empty, M, N, K, ends_ptr, num_experts)
     # One partition per math warpgroup of 4 warps (ROW0: its first row in the tile), then the loader warp. Runtime
     # values travel in one tuple; constexprs must be arguments of their own (a tuple would drop their constness).
     if MATH_GROUPS == 2:
         gl.warp_specialize(
             [
-                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 0, 4)),
-                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, _GROUP_ROWS, 4)),
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, TMA_STORE, 0, 4)),
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, TMA_STORE, _GROUP_ROWS, 4)),
                 (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
             ],
             [4, 1],
@@ -292,7 +330,7 @@ def _gemm_wgmma_kernel(
     else:
         gl.warp_specialize(
             [
-                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, 0, 4)),
+                (_mma_partition, (math_operands, GROUP_M, BLOCK_E, WS_UE8M0, TMA_STORE, 0, 4)),
                 (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
             ],
             [1],
@@ -345,13 +383,35 @@ def _operand_layout(rows: int) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for([rows, BLOCK_SHAPE[1]], gl.float8e4nv)
 
 
-def _kernel_constants(tiles: WgmmaTiles, experts: int, grouped: bool, ws_ue8m0: bool) -> dict:
+def output_layout(block_n: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """Shared-memory layout of one math warpgroup's [_GROUP_ROWS, block_n] output tile (TMA reads it)."""
+    return gl.NVMMASharedLayout.get_default_for([_GROUP_ROWS.value, block_n], _TMA_OUTPUT_DTYPES[dtype])
+
+
+def stores_through_tma(out_dtype: torch.dtype, grouped: bool, k: int) -> bool:
+    """Whether tiles leave through TMA copies (``_store_tile``) rather than stores from registers:
+    16-bit outputs (float32 buffers would not leave shared memory for the rings of three programs
+    per SM), dense calls and grouped calls up to _GROUPED_TMA_STORE_MAX_K."""
+    return out_dtype in _TMA_OUTPUT_DTYPES and (not grouped or k <= _GROUPED_TMA_STORE_MAX_K)
+
+
+def _output_descriptor(out: torch.Tensor, tiles: WgmmaTiles, grouped: bool, k: int) -> TensorDescriptor | None:
+    """A TMA descriptor of ``out`` (M, N) for ``_store_tile``, or None where the stores go from
+    registers: see ``stores_through_tma``, and rows TMA cannot address (not 16-byte aligned)."""
+    if not stores_through_tma(out.dtype, grouped, k) or not _tma_ready(out):
+        return None
+    block = [_GROUP_ROWS.value, tiles.block_n]
+    return TensorDescriptor.from_tensor(out, block, output_layout(tiles.block_n, out.dtype))
+
+
+def _kernel_constants(tiles: WgmmaTiles, experts: int, grouped: bool, ws_ue8m0: bool, tma_store: bool) -> dict:
     """The compile-time arguments of ``_gemm_wgmma_kernel`` for these tiles and operands."""
     return {
         "GROUP_M": _GROUP_M,
         "BLOCK_E": max(32, next_power_of_two(experts)) if grouped else 0,
         "STAGES": tiles.stages,
         "WS_UE8M0": ws_ue8m0,
+        "TMA_STORE": tma_store,
         "MATH_REGISTERS": tiles.max_registers,
         "num_warps": 4,
     }
@@ -380,12 +440,13 @@ def _launch(
     token_tiles = cdiv(m, tiles.block_m) + (experts if grouped else 0)
     output_tiles = token_tiles * cdiv(n, tiles.block_n)
     programs = min(output_tiles, tiles.programs_per_sm * multiprocessor_count(x.device))
+    out_desc = _output_descriptor(out, tiles, grouped, k)
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
-            x_desc, w_desc, xs, ws, out,
+            x_desc, w_desc, xs, ws, out, out_desc or x_desc,
             m, n, k, ends if grouped else xs, experts,
             *xs_strides, *ws.stride(), out.stride(0),
-            **_kernel_constants(tiles, experts, grouped, ws_ue8m0), maxnreg=tiles.max_registers,
+            **_kernel_constants(tiles, experts, grouped, ws_ue8m0, out_desc is not None), maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
