@@ -72,12 +72,14 @@ def _gemm_kernel(
     PER_K_SCALE: tl.constexpr,
     WS_UE8M0: tl.constexpr,
     EVEN_K: tl.constexpr,
+    MASK_X_ROWS: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One program: an out tile of BLOCK_M tokens x BLOCK_N columns over one split of K.
 
     w (N, K) e4m3, K contiguous; ws weight scales indexed [n // scale_block_n, k block] through
-    strides (0 strides broadcast a per-tensor scale); x (M, K) rows with unit stride along K;
+    strides (0 strides broadcast a per-tensor scale); x (M, K) rows with unit stride along K (with
+    MASK_X_ROWS, set when M is not a multiple of BLOCK_M, the token rows past M are not read);
     xs activation scales [m, k block] through strides. out is (M, N) when there is one split, else
     a float32 workspace (splits, M, N) reduced by ``_sum_splits_kernel``.
     """
@@ -86,7 +88,8 @@ def _gemm_kernel(
     pid_n, pid_m = tile_coordinates(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    # Rows past the edge wrap around to valid rows: loads need no row mask, and the store drops them.
+    # Rows past the edge wrap around to valid rows (weights: loads need no row mask; tokens: see MASK_X_ROWS);
+    # the store drops them.
     rows_n = offs_n % N
     rows_m = offs_m % M
     kb_start = split * k_blocks_per_split
@@ -94,6 +97,7 @@ def _gemm_kernel(
         w_ptr + rows_n.to(tl.int64)[:, None] * stride_wn,
         ws_ptr + (rows_n // scale_block_n) * stride_wsn,
         x_ptr + rows_m.to(tl.int64)[:, None] * stride_xm,
+        offs_m < M,
         xs_ptr + rows_m.to(tl.int64) * stride_xsm,
         K,
         kb_start,
@@ -106,6 +110,7 @@ def _gemm_kernel(
         PER_K_SCALE,
         WS_UE8M0,
         EVEN_K,
+        MASK_X_ROWS,
     )
     out_ptrs = out_ptr + split * stride_out_split + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
@@ -174,6 +179,7 @@ def launch_gemm(
             block[0] if per_k_scale else n, tiles.k_blocks_per_split,
             BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
             PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+            MASK_X_ROWS=m % tiles.block_m != 0,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **overlap,
         )  # fmt: skip
         if split > 1:
