@@ -68,7 +68,8 @@ def local_memory_instructions(cubin: bytes) -> int:
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
     tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
     grouped = dense_n is None
-    signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "w_desc": descriptor_type(wgmma, tiles.block_n)}
+    signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "x_half_desc": descriptor_type(wgmma, 64)}
+    signature["w_desc"] = descriptor_type(wgmma, tiles.block_n)
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
     out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)

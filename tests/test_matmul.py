@@ -222,6 +222,9 @@ def _dense_module(fp8):
         (300, 384, 2048, torch.float32, False, False),  # 128-token tiles, M tail
         (1000, 1000, 1024, torch.float16, True, False),
         (1050, 256, 2048, torch.bfloat16, False, False),  # the last tile's second warpgroup lies past M
+        # 162 tiles: with 132 SMs (H100, H200) the last 30 are cut in halves, one of them past M
+        (1050, 2304, 1024, torch.bfloat16, False, False),
+        (1100, 2304, 512, torch.float32, True, False),
         (300, 333, 1024, torch.bfloat16, False, False),  # rows not 16-byte aligned: no TMA store
         (257, 256, 512, torch.bfloat16, False, True),  # one static activation scale
     ],
@@ -270,6 +273,7 @@ def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
         (200, 1040, 328, True, "bf16"): ([64, 128, 3, 2], 1),
         (1000, 7168, 18432, False, "bf16"): ([128, 128, 3, 1], 1),
         (1000, 1536, 24576, False, "fp16"): ([128, 128, 4, 1], 1),
+        (1100, 512, 2304, True, "fp32"): ([128, 128, 4, 1], 0),
         (100, 512, None, True, "bf16"): ([64, 128, 3, 2], 1),
         (600, 768, None, False, "bf16"): ([128, 128, 4, 1], 1),
         (300, 7168, None, False, "bf16"): ([128, 128, 3, 1], 0),
