@@ -36,8 +36,10 @@ def main() -> None:
     block = [128, 128]
     for m, k in [(1, 200), (33, 1000)][: 1 if one else None]:
         fp8.fp8_act_quant(make_activation((m, k), torch.bfloat16, gen, "cuda"), 128)
-    # The last three take the Hopper Gluon kernel on an H100 (64 x 64, 128 x 128 and 64 x 128 tiles, tails in M, N, K).
-    dense_cases = [(1, 70, 200), (4, 64, 2048), (17, 130, 136), (65, 96, 384), (300, 200, 1040), (200, 200, 1040)]
+    # The last four take the Hopper Gluon kernel on an H100 or H200 (64 x 64, 128 x 128 and 64 x 128 tiles, tails in
+    # M, N, K; then 162 128 x 128 tiles, of which 132 SMs get the last 30 as halves, one half past M).
+    dense_cases = [(1, 70, 200), (4, 64, 2048), (17, 130, 136)]
+    dense_cases += [(65, 96, 384), (300, 200, 1040), (200, 200, 1040), (1050, 2304, 1024)]
     for m, n, k in dense_cases[: 1 if one else None]:
         b, bs = make_weight(n, k, (128, 128), gen, "cuda")
         fp8.matmul_2d(make_activation((m, k), torch.bfloat16, gen, "cuda"), b, bs, block)
