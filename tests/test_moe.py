@@ -76,7 +76,8 @@ def test_batched_sentinel_rows_are_zero(fp8, device, gen, id_dtype):
 @pytest.mark.parametrize("rows, experts, chunk", [(70, 5, 4096), (601, 40, 64)])  # one step of ids; several, partial
 def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_dtype, rows, experts, chunk):
     """The routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same stable order
-    and bucket ends, and batched results through either path match the reference."""
+    and bucket ends (int32 both, so the expert GEMM gets the same inputs from either), and batched
+    results through the kernel's routing match the reference."""
     moe = sys.modules[fp8.matmul_batched.__module__]
     monkeypatch.setattr(moe, "_ROUTE_CHUNK", chunk)
     ids = random_ids(rows, experts, gen, device, id_dtype, sentinels=6)
@@ -84,13 +85,16 @@ def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_
     bucket = torch.where((ids >= 0) & (ids < experts), ids, experts).cpu()
     order = torch.sort(bucket, stable=True).indices
     ends = torch.cumsum(torch.bincount(bucket, minlength=experts + 1), 0)
-    b, bs = make_expert_weights(experts, 64, 256, BLOCK, gen, device)
-    a = make_activation((rows, 256), torch.bfloat16, gen, device)
-    for threshold in (moe._ROUTE_MAX_ROWS, 0):  # the kernel, then torch
+    kernel_threshold = moe._ROUTE_MAX_ROWS
+    for threshold in (kernel_threshold, 0):  # the kernel, then torch
         monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", threshold)
         perm, got_ends = moe._route(ids, experts)
+        assert perm.dtype == got_ends.dtype == torch.int32
         assert torch.equal(perm.cpu().long(), order) and torch.equal(got_ends.cpu().long(), ends)
-        assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+    monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", kernel_threshold)
+    b, bs = make_expert_weights(experts, 64, 256, BLOCK, gen, device)
+    a = make_activation((rows, 256), torch.bfloat16, gen, device)
+    assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
 
 
 def test_grouped_sentinel_tail_is_not_touched(fp8, device, gen):
