@@ -96,6 +96,12 @@ def _token_tiles(M, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
     return tiles_m
 
 
+@gluon.constexpr_function
+def _has_half_tiles(block_m: int, block_e: int) -> bool:
+    """Whether short last waves are cut in half tiles (``_split_tail``): dense calls on 128-row tiles."""
+    return block_e == 0 and block_m == 2 * _GROUP_ROWS.value
+
+
 @gluon.jit
 def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
     """How many of the last whole tiles are cut in two half tiles (see ``_tile_origin``): dense
@@ -105,7 +111,7 @@ def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
     last wave taking about 0.8 of a whole one (a half tile's 64-column wgmmas run well below the
     rate of 128-column ones)."""
     tail = 0
-    if BLOCK_E == 0 and BLOCK_M == 2 * _GROUP_ROWS:
+    if _has_half_tiles(BLOCK_M, BLOCK_E):
         tail = full_tiles % gl.num_programs(0)
         tail = gl.where(2 * tail <= gl.num_programs(0), tail, 0)
     return tail
@@ -137,7 +143,7 @@ def _tile_origin(
     whole = tile
     which_half = 0
     is_half = False
-    if BLOCK_E == 0 and BLOCK_M == 2 * _GROUP_ROWS:
+    if _has_half_tiles(BLOCK_M, BLOCK_E):
         full_tiles = tiles_m * gl.cdiv(N, BLOCK_N)
         split_from = full_tiles - _split_tail(full_tiles, BLOCK_M, BLOCK_E)
         is_half = tile >= split_from
@@ -191,7 +197,7 @@ def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    HALF_TILES: gl.constexpr = (BLOCK_E == 0) & (BLOCK_M == 2 * _GROUP_ROWS)
+    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_E)
     k_blocks = gl.cdiv(K, BLOCK_K)
     num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
     step = 0  # K blocks loaded so far, over all tiles: selects the slot and its phase
@@ -308,7 +314,7 @@ def _mma_partition(
     BLOCK_K: gl.constexpr = x_ring.type.shape[2]
     BLOCK_N: gl.constexpr = w_ring.type.shape[1]
     SCALE_N: gl.constexpr = BLOCK_K  # weight scale blocks are square
-    HALF_TILES: gl.constexpr = (BLOCK_E == 0) & (BLOCK_M == 2 * _GROUP_ROWS)
+    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_E)
     ring = (x_ring, w_ring, ready, empty)
     k_blocks = gl.cdiv(K, BLOCK_K)
     num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
