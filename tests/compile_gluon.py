@@ -68,12 +68,13 @@ def local_memory_instructions(cubin: bytes) -> int:
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
     tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
     grouped = dense_n is None
-    signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "x_half_desc": descriptor_type(wgmma, 64)}
-    signature["w_desc"] = descriptor_type(wgmma, tiles.block_n)
+    signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "w_desc": descriptor_type(wgmma, tiles.block_n)}
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
     out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)
     constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0, out_desc is not None)
+    half_rows = 64 if wgmma._has_half_tiles(tiles.block_m, constants["BLOCK_E"]) else tiles.block_m
+    signature["x_half_desc"] = descriptor_type(wgmma, half_rows)  # else the kernel's placeholder: x's descriptor
     signature["out_desc"] = out_desc or signature["x_desc"]  # the kernel's placeholder: x's descriptor
     signature |= dict.fromkeys(constants, "constexpr")
     signature = {name: signature[name] for name in wgmma._gemm_wgmma_kernel.arg_names}

@@ -376,7 +376,8 @@ def _gemm_wgmma_kernel(
     """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
 
     x_desc: (M, K) e4m3 codes, block [BLOCK_M, BLOCK_K], and x_half_desc the same with block
-    [_GROUP_ROWS, BLOCK_K] (half tiles' rows; see ``_tile_origin``); w_desc: (E * N, K) e4m3 (E = 1 for a
+    [_GROUP_ROWS, BLOCK_K] (half tiles' rows, see ``_tile_origin``; a placeholder where there are
+    none); w_desc: (E * N, K) e4m3 (E = 1 for a
     dense matmul), block [BLOCK_N, BLOCK_K] (BLOCK_N = 128, a weight scale block, or 64, half of
     one). xs [m, k block] and ws [e, n block, k block] float32 scales (ws UE8M0 codes when
     WS_UE8M0) through strides; out (M, N) through ``stride_om`` and, with TMA_STORE, ``out_desc``
@@ -526,7 +527,6 @@ def _launch(
     grouped = ends is not None
     tiles = tiles or _tiles_for(x, w, grouped)
     x_desc = TensorDescriptor.from_tensor(x, [tiles.block_m, BLOCK_SHAPE[1]], _operand_layout(tiles.block_m))
-    x_half_desc = x_desc if tiles.block_m == _GROUP_ROWS.value else _half_descriptor(x)
     w_block = [tiles.block_n, BLOCK_SHAPE[1]]
     w_desc = TensorDescriptor.from_tensor(w.reshape(experts * n, k), w_block, _operand_layout(tiles.block_n))
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
@@ -536,12 +536,15 @@ def _launch(
     output_tiles = token_tiles * cdiv(n, tiles.block_n)
     programs = min(output_tiles, tiles.programs_per_sm * multiprocessor_count(x.device))
     out_desc = _output_descriptor(out, tiles, grouped, k)
+    constants = _kernel_constants(tiles, experts, grouped, ws_ue8m0, out_desc is not None)
+    # Without half tiles the kernel never reads x_half_desc: x's descriptor stands in.
+    x_half_desc = _half_descriptor(x) if _has_half_tiles(tiles.block_m, constants["BLOCK_E"]) else x_desc
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
             x_desc, x_half_desc, w_desc, xs, ws, out, out_desc or x_desc,
             m, n, k, ends if grouped else xs, experts,
             *xs_strides, *ws.stride(), out.stride(0),
-            **_kernel_constants(tiles, experts, grouped, ws_ue8m0, out_desc is not None), maxnreg=tiles.max_registers,
+            **constants, maxnreg=tiles.max_registers,
         )  # fmt: skip
 
 
