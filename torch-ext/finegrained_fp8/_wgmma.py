@@ -473,9 +473,9 @@ def _operand_layout(rows: int) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for([rows, BLOCK_SHAPE[1]], gl.float8e4nv)
 
 
-def _half_descriptor(x: torch.Tensor) -> TensorDescriptor:
-    """A TMA descriptor of x (M, K) e4m3 for half tiles: blocks of [_GROUP_ROWS, 128]."""
-    return TensorDescriptor.from_tensor(x, [_GROUP_ROWS.value, BLOCK_SHAPE[1]], _operand_layout(_GROUP_ROWS.value))
+def _operand_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """A TMA descriptor of an (R, K) e4m3 operand copied in blocks of [rows, 128]."""
+    return TensorDescriptor.from_tensor(t, [rows, BLOCK_SHAPE[1]], _operand_layout(rows))
 
 
 def output_layout(block_n: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
@@ -526,9 +526,8 @@ def _launch(
     experts, n = _experts_and_rows(w)
     grouped = ends is not None
     tiles = tiles or _tiles_for(x, w, grouped)
-    x_desc = TensorDescriptor.from_tensor(x, [tiles.block_m, BLOCK_SHAPE[1]], _operand_layout(tiles.block_m))
-    w_block = [tiles.block_n, BLOCK_SHAPE[1]]
-    w_desc = TensorDescriptor.from_tensor(w.reshape(experts * n, k), w_block, _operand_layout(tiles.block_n))
+    x_desc = _operand_descriptor(x, tiles.block_m)
+    w_desc = _operand_descriptor(w.reshape(experts * n, k), tiles.block_n)
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = (ws.view(torch.uint8) if ws_ue8m0 else ws).reshape(experts, *ws.shape[-2:])
     xs_strides = (0, 0) if xs.numel() == 1 else (xs.stride(0), xs.stride(1))
@@ -538,7 +537,8 @@ def _launch(
     out_desc = _output_descriptor(out, tiles, grouped, k)
     constants = _kernel_constants(tiles, experts, grouped, ws_ue8m0, out_desc is not None)
     # Without half tiles the kernel never reads x_half_desc: x's descriptor stands in.
-    x_half_desc = _half_descriptor(x) if _has_half_tiles(tiles.block_m, constants["BLOCK_E"]) else x_desc
+    has_halves = _has_half_tiles(tiles.block_m, constants["BLOCK_E"])
+    x_half_desc = _operand_descriptor(x, _GROUP_ROWS.value) if has_halves else x_desc
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
             x_desc, x_half_desc, w_desc, xs, ws, out, out_desc or x_desc,
