@@ -4,14 +4,15 @@ Run as a script, without ``TRITON_INTERPRET`` (under the interpreter Gluon funct
 compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case is
 ``[m, k, dense_n or null, ue8m0, out_dtype]`` and takes the tiles ``wgmma_tiles`` ships for it
 (grouped over 256 experts when dense_n is null). Prints one JSON object per case: the tiles, what a launch
-needs (threads, registers per thread, shared memory per program), and the SASS instructions that touch
-local memory (register spills).
+needs (threads, registers per thread, shared memory per program), the SASS instructions that touch
+local memory (register spills), and whether ptxas serializes the wgmmas.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,15 +55,26 @@ def output_descriptor_type(wgmma, block_n: int, out_dtype: str, grouped: bool, k
     return f"tensordesc<{out_dtype}[64, {block_n}],{wgmma.output_layout(block_n, dtype)!r}>"
 
 
+def _tool_output(tool: str, data: bytes, suffix: str, *args: str) -> str:
+    """stdout and stderr of a CUDA tool run on ``data``, written to a temporary file it takes last."""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as file:
+        file.write(data)
+        file.flush()
+        run = subprocess.run([tool, *args, file.name], capture_output=True, text=True, check=True)
+    return run.stdout + run.stderr
+
+
 def local_memory_instructions(cubin: bytes) -> int:
     """How many SASS instructions load or store local memory (spilled registers) in ``cubin``."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        sass = subprocess.run(
-            [triton.knobs.nvidia.nvdisasm.path, "-c", file.name], capture_output=True, text=True, check=True
-        ).stdout
+    sass = _tool_output(triton.knobs.nvidia.nvdisasm.path, cubin, ".cubin", "-c")
     return len(re.findall(r"\b(?:LDL|STL)\b", sass))
+
+
+def wgmma_serialized(ptx: str) -> bool:
+    """Whether ptxas serializes the wgmmas of ``ptx`` (its advisory C7514: each wgmma then waits for
+    the one before; a variant that drew it ran 1.2-1.5x slower on the H200)."""
+    log = _tool_output(triton.knobs.nvidia.ptxas.path, ptx.encode(), ".ptx", "-arch=sm_90a", "-o", os.devnull)
+    return "C7514" in log
 
 
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
@@ -87,6 +99,7 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
         "wgmma": kernel.asm["ptx"].count("wgmma.mma_async"),
         "tma_stores": kernel.asm["ptx"].count("cp.async.bulk.tensor.2d.global.shared"),
         "local_memory_instructions": local_memory_instructions(kernel.asm["cubin"]),
+        "wgmma_serialized": wgmma_serialized(kernel.asm["ptx"]),
     }
 
 
