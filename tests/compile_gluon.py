@@ -73,7 +73,8 @@ def local_memory_instructions(cubin: bytes) -> int:
 def wgmma_serialized(ptx: str) -> bool:
     """Whether ptxas serializes the wgmmas of ``ptx`` (its advisory C7514: each wgmma then waits for
     the one before; a variant that drew it ran 1.2-1.5x slower on the H200)."""
-    log = _tool_output(triton.knobs.nvidia.ptxas.path, ptx.encode(), ".ptx", "-arch=sm_90a", "-o", os.devnull)
+    arch = f"-arch=sm_{HOPPER.arch}a"  # the target the kernels were compiled for
+    log = _tool_output(triton.knobs.nvidia.ptxas.path, ptx.encode(), ".ptx", arch, "-o", os.devnull)
     return "C7514" in log
 
 
