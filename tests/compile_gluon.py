@@ -86,7 +86,7 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
     out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)
     constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0, out_desc is not None)
-    half_rows = 64 if wgmma._has_half_tiles(tiles.block_m, constants["BLOCK_E"]) else tiles.block_m
+    half_rows = 64 if wgmma._has_half_tiles(tiles.block_m, tiles.block_n, constants["BLOCK_E"]) else tiles.block_m
     signature["x_half_desc"] = descriptor_type(wgmma, half_rows)  # else the kernel's placeholder: x's descriptor
     signature["out_desc"] = out_desc or signature["x_desc"]  # the kernel's placeholder: x's descriptor
     signature |= dict.fromkeys(constants, "constexpr")

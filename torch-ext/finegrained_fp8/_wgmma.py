@@ -97,13 +97,14 @@ def _token_tiles(M, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
 
 
 @gluon.constexpr_function
-def _has_half_tiles(block_m: int, block_e: int) -> bool:
-    """Whether short last waves are cut in half tiles (``_split_tail``): dense calls on 128-row tiles."""
-    return block_e == 0 and block_m == 2 * _GROUP_ROWS.value
+def _has_half_tiles(block_m: int, block_n: int, block_e: int) -> bool:
+    """Whether short last waves are cut in half tiles (``_split_tail``): dense calls on 128 x 128 tiles
+    (a half tile's two warpgroups each take 64 of the 128 weight rows)."""
+    return block_e == 0 and block_m == block_n == 2 * _GROUP_ROWS.value
 
 
 @gluon.jit
-def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
+def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_E: gl.constexpr):
     """How many of the last whole tiles are cut in two half tiles (see ``_tile_origin``): dense
     128-row tiles only, the R = full_tiles mod programs tiles of a last wave that would leave more
     than half of the programs idle (2R <= programs). Their 2R halves then share out the last wave.
@@ -111,7 +112,7 @@ def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_E: gl.constexpr):
     last wave taking about 0.8 of a whole one (a half tile's 64-column wgmmas run well below the
     rate of 128-column ones)."""
     tail = 0
-    if _has_half_tiles(BLOCK_M, BLOCK_E):
+    if _has_half_tiles(BLOCK_M, BLOCK_N, BLOCK_E):
         tail = full_tiles % gl.num_programs(0)
         tail = gl.where(2 * tail <= gl.num_programs(0), tail, 0)
     return tail
@@ -143,9 +144,9 @@ def _tile_origin(
     whole = tile
     which_half = 0
     is_half = False
-    if _has_half_tiles(BLOCK_M, BLOCK_E):
+    if _has_half_tiles(BLOCK_M, BLOCK_N, BLOCK_E):
         full_tiles = tiles_m * gl.cdiv(N, BLOCK_N)
-        split_from = full_tiles - _split_tail(full_tiles, BLOCK_M, BLOCK_E)
+        split_from = full_tiles - _split_tail(full_tiles, BLOCK_M, BLOCK_N, BLOCK_E)
         is_half = tile >= split_from
         past = gl.maximum(tile - split_from, 0)  # 2 * (whole tile - split_from) + which half
         whole = gl.minimum(tile, split_from) + past // 2
@@ -166,7 +167,7 @@ def _tile_origin(
 def _tile_count(M, N, num_experts, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_E: gl.constexpr):
     """Output tiles: whole ones, plus one for each that ``_split_tail`` cuts in two."""
     full_tiles = _token_tiles(M, num_experts, BLOCK_M, BLOCK_E) * gl.cdiv(N, BLOCK_N)
-    return full_tiles + _split_tail(full_tiles, BLOCK_M, BLOCK_E)
+    return full_tiles + _split_tail(full_tiles, BLOCK_M, BLOCK_N, BLOCK_E)
 
 
 @gluon.jit
@@ -197,7 +198,7 @@ def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_E)
+    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_N, BLOCK_E)
     k_blocks = gl.cdiv(K, BLOCK_K)
     num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
     step = 0  # K blocks loaded so far, over all tiles: selects the slot and its phase
@@ -314,7 +315,7 @@ def _mma_partition(
     BLOCK_K: gl.constexpr = x_ring.type.shape[2]
     BLOCK_N: gl.constexpr = w_ring.type.shape[1]
     SCALE_N: gl.constexpr = BLOCK_K  # weight scale blocks are square
-    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_E)
+    HALF_TILES: gl.constexpr = _has_half_tiles(BLOCK_M, BLOCK_N, BLOCK_E)
     ring = (x_ring, w_ring, ready, empty)
     k_blocks = gl.cdiv(K, BLOCK_K)
     num_tiles = _tile_count(M, N, num_experts, BLOCK_M, BLOCK_N, BLOCK_E)
@@ -537,7 +538,7 @@ def _launch(
     out_desc = _output_descriptor(out, tiles, grouped, k)
     constants = _kernel_constants(tiles, experts, grouped, ws_ue8m0, out_desc is not None)
     # Without half tiles the kernel never reads x_half_desc: x's descriptor stands in.
-    has_halves = _has_half_tiles(tiles.block_m, constants["BLOCK_E"])
+    has_halves = _has_half_tiles(tiles.block_m, tiles.block_n, constants["BLOCK_E"])
     x_half_desc = _operand_descriptor(x, _GROUP_ROWS.value) if has_halves else x_desc
     with on_device_of(x):
         _gemm_wgmma_kernel[(programs,)](
