@@ -80,10 +80,12 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
 # The Gluon kernel's tiles (``wgmma_tiles``, which gives the measurements): dense calls take 64 x 64
 # tiles up to this many tokens ...
 _WGMMA_NARROW_N_MAX_M = 128
-# ... and grouped calls 64 x 128 tiles up to this many rows per expert and this K;
+# ... and 64 x 128 tiles up to this many; grouped calls take 64 x 128 tiles up to 256 rows per expert
+# where K is at most 1024;
+_WGMMA_DENSE_NARROW_MAX_M = 192
 _WGMMA_NARROW_MAX_M = 256
 _WGMMA_GROUPED_NARROW_MAX_K = 1024
-# 128-token tiles take a fourth ring slot up to this K.
+# 128-token tiles take a fourth ring slot up to this K, and in dense calls up to 256 tokens.
 _WGMMA_FOUR_STAGES_MAX_K = 2048
 
 
@@ -110,11 +112,14 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
       for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, of which
       there are only 112-384 for 264 program slots (a short last wave, or empty slots); cuBLAS
       439-524;
-    - grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles, two programs per SM
-      (Qwen3 down, K = 768: 598-607 against 543-571 with 128-token tiles). Dense calls of 129-256
-      tokens took them too until an H200 run (2026-12-02, ``wgmma._launch`` alone, us at M = 256):
-      128 x 128 tiles 73.8 / 67.1 / 23.0 against 80.6 / 85.6 / 23.7 on 18432x7168 / 7168x18432 /
-      24576x1536 (cuBLAS block 70.4 / 60.2 / 22.7);
+    - dense 129-192 tokens, grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles, two
+      programs per SM (Qwen3 down, K = 768: 598-607 against 543-571 with 128-token tiles). H200
+      (2026-12-02, ``wgmma._launch`` alone, us on 18432x7168 / 7168x18432 / 24576x1536, cuBLAS
+      block in the same run): at M = 160 and 192 they beat 128 x 128 tiles (M = 160: 61.8 / 73.8 /
+      21.9 against 96.0 / 79.4 / 23.5 with 3 stages; cuBLAS 67.8 / 56.2 / 22.2; M = 192: 59.0 /
+      70.7 / 22.2 against 86.1 / 67.6 / 22.1 with 4 stages), at M = 256 they do not (79.5 / 82.3 /
+      23.6 against 72.8 / 65.8 / 22.9 with 4 stages, 82.1 / 71.8 / 25.1 with 3; cuBLAS 69.6 / 59.0
+      / 22.7), so dense calls of 193-256 tokens take 128 x 128 tiles with 4 stages;
     - otherwise 128 x 128 tiles, one program per SM, 3 stages (dense 920-1115 TFLOPS at M >= 1024
       on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924 with 3: each
       tile has few K blocks, so the ring must reach further into the next tile while the math
@@ -128,9 +133,11 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
         tiles = cdiv(m, 64) * cdiv(dense_n, 64)
         per_sm = 3 if tiles >= 3 * multiprocessor_count(device) else 2
         return WgmmaTiles(block_m=64, block_n=64, stages=4, programs_per_sm=per_sm, max_registers=80)
-    if dense_n is None and m <= _WGMMA_NARROW_MAX_M and k <= _WGMMA_GROUPED_NARROW_MAX_K:
+    narrow = m <= _WGMMA_DENSE_NARROW_MAX_M if dense_n is not None else k <= _WGMMA_GROUPED_NARROW_MAX_K
+    if m <= _WGMMA_NARROW_MAX_M and narrow:
         return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
-    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K else 3
+    short_dense = dense_n is not None and m <= _WGMMA_NARROW_MAX_M
+    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K or short_dense else 3
     return WgmmaTiles(block_m=128, block_n=128, stages=stages, programs_per_sm=1, max_registers=168)
 
 
