@@ -113,13 +113,11 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
       there are only 112-384 for 264 program slots (a short last wave, or empty slots); cuBLAS
       439-524;
     - dense 129-192 tokens, grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles, two
-      programs per SM (Qwen3 down, K = 768: 598-607 against 543-571 with 128-token tiles). H200
-      (2026-12-02, ``wgmma._launch`` alone, us on 18432x7168 / 7168x18432 / 24576x1536, cuBLAS
-      block in the same run): at M = 160 and 192 they beat 128 x 128 tiles (M = 160: 61.8 / 73.8 /
-      21.9 against 96.0 / 79.4 / 23.5 with 3 stages; cuBLAS 67.8 / 56.2 / 22.2; M = 192: 59.0 /
-      70.7 / 22.2 against 86.1 / 67.6 / 22.1 with 4 stages), at M = 256 they do not (79.5 / 82.3 /
-      23.6 against 72.8 / 65.8 / 22.9 with 4 stages, 82.1 / 71.8 / 25.1 with 3; cuBLAS 69.6 / 59.0
-      / 22.7), so dense calls of 193-256 tokens take 128 x 128 tiles with 4 stages;
+      programs per SM (Qwen3 down, K = 768: 598-607 against 543-571 with 128-token tiles). Dense,
+      H200 (2026-12-02, the kernel alone, table in benchmarks/RESULTS.md): against 128 x 128 tiles
+      they are 1.5-1.6x faster on 18432x7168 at M = 160 and 192 and at most 5% slower elsewhere
+      there, but at M = 256 128 x 128 tiles with 4 stages are 3-20% faster (with 3 stages they are
+      not): so dense calls of 193-256 tokens take those;
     - otherwise 128 x 128 tiles, one program per SM, 3 stages (dense 920-1115 TFLOPS at M >= 1024
       on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924 with 3: each
       tile has few K blocks, so the ring must reach further into the next tile while the math
