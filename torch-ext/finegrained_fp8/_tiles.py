@@ -78,15 +78,15 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
 
 
 # The Gluon kernel's tiles (``wgmma_tiles``, which gives the measurements): dense calls take 64 x 64
-# tiles up to this many tokens ...
+# tiles up to this many tokens, then 64 x 128 tiles up to the next bound ...
 _WGMMA_NARROW_N_MAX_M = 128
-# ... and 64 x 128 tiles up to this many; grouped calls take 64 x 128 tiles up to 256 rows per expert
-# where K is at most 1024;
 _WGMMA_DENSE_NARROW_MAX_M = 192
-_WGMMA_NARROW_MAX_M = 256
+# ... and grouped calls 64 x 128 tiles up to this many rows per expert, where K is at most this.
+_WGMMA_GROUPED_NARROW_MAX_M = 256
 _WGMMA_GROUPED_NARROW_MAX_K = 1024
-# 128-token tiles take a fourth ring slot up to this K, and in dense calls up to 256 tokens.
+# 128-token tiles take a fourth ring slot up to this K, and in dense calls up to this many tokens.
 _WGMMA_FOUR_STAGES_MAX_K = 2048
+_WGMMA_DENSE_FOUR_STAGES_MAX_M = 256
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,14 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
         tiles = cdiv(m, 64) * cdiv(dense_n, 64)
         per_sm = 3 if tiles >= 3 * multiprocessor_count(device) else 2
         return WgmmaTiles(block_m=64, block_n=64, stages=4, programs_per_sm=per_sm, max_registers=80)
-    narrow = m <= _WGMMA_DENSE_NARROW_MAX_M if dense_n is not None else k <= _WGMMA_GROUPED_NARROW_MAX_K
-    if m <= _WGMMA_NARROW_MAX_M and narrow:
+    if dense_n is not None:
+        narrow = m <= _WGMMA_DENSE_NARROW_MAX_M
+    else:
+        narrow = m <= _WGMMA_GROUPED_NARROW_MAX_M and k <= _WGMMA_GROUPED_NARROW_MAX_K
+    if narrow:
         return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
-    short_dense = dense_n is not None and m <= _WGMMA_NARROW_MAX_M
-    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K or short_dense else 3
+    few_dense_tokens = dense_n is not None and m <= _WGMMA_DENSE_FOUR_STAGES_MAX_M
+    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K or few_dense_tokens else 3
     return WgmmaTiles(block_m=128, block_n=128, stages=stages, programs_per_sm=1, max_registers=168)
 
 
