@@ -140,6 +140,27 @@ def test_batched_equals_grouped_bitwise(fp8, device, gen, block):
     assert torch.equal(fp8.matmul_batched(a, b, bs, ids, block, torch.float32), grouped)
 
 
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("block", [BLOCK, (32, 32), None])
+@pytest.mark.parametrize("extra_rows", [-12, 0, 1])  # 0: the most rows of the one-launch path; 1: routed
+def test_few_rows_with_a_shared_expert_and_sentinels(fp8, device, gen, block, extra_rows):
+    """Batched calls of few rows (one launch, rows quantized in the kernel) where one expert takes
+    several rows and some rows are sentinels: they match the reference, give the sentinel rows
+    zeros, and equal the grouped kernel (separate quantization) bit for bit."""
+    rows = sys.modules[fp8.matmul_batched.__module__].FEW_ROWS_MAX + extra_rows
+    b, bs = make_expert_weights(5, 136, 200, block, gen, device)  # tails in N and K
+    a = make_activation((rows, 200), torch.float32, gen, device)
+    ids = random_ids(rows, 5, gen, device, sentinels=2)
+    routed_rows = (ids < 5).nonzero().flatten()
+    ids[routed_rows[: max(2, routed_rows.numel() // 2)]] = 3
+    out = fp8.matmul_batched(a, b, bs, ids, block, torch.float32)
+    grouped, routed = grouped_call(fp8, a, b, bs, ids, block, output_dtype=torch.float32)
+    assert (ids == 3).sum() >= 2 and (~routed).sum() == 2
+    assert_matches(out, moe_reference(a, b, bs, ids, block), torch.float32)
+    assert torch.equal(out[~routed], torch.zeros_like(out[~routed]))
+    assert torch.equal(out[routed], grouped[routed])
+
+
 def test_fused_quantization_equals_fp8_act_quant(fp8, device, gen):
     """Rows quantized in the kernel give exactly what fp8_act_quant + the dense matmul give."""
     b, bs = make_expert_weights(1, 192, 320, BLOCK, gen, device)

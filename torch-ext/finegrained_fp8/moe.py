@@ -14,7 +14,8 @@ and can be captured in a CUDA graph and replayed with a different routing.
   (sentinel ids, ``>= E`` or negative, go to an extra last bucket whose rows are written as zeros
   without any GEMM work). The quantization launch gathers the rows into that order, so the expert
   kernel reads them like grouped rows and only its stores go through the order, back to the
-  original rows.
+  original rows. Calls of at most ``FEW_ROWS_MAX`` rows (decode) skip the routing launch: each
+  program compares the few ids itself (``_few_rows_kernel``).
 
 Activations are quantized first by ``fp8_act_quant``'s kernel (per row and ``block_k`` group; per
 row over all of K in per-tensor mode), one launch over the S rows, so codes and scales are exactly
@@ -62,6 +63,10 @@ TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
 # 2.2 us at 8 rows, 3.2-3.5 at 1024, 5.7-6.9 at 4096, 17-22 at 16384; torch's sort path 21-52 us up
 # to 4096 rows, 95 at 16384, and both about 70-85 at 65536).
 _ROUTE_MAX_ROWS = 16384
+# Batched calls of up to this many rows (decode, 1-2 tokens at top-8) need no routing launch
+# (``_few_rows_kernel``). It is also the token tile of ``expert_tiles`` at these sizes: one tile holds
+# all of an expert's rows, and the products are those of the grouped kernel, bit for bit.
+FEW_ROWS_MAX = 16
 # Rows a routing program compares per step (8 warps; 1024 and 2048 were 5-45% slower at 4096 rows and more).
 _ROUTE_CHUNK = 4096
 
@@ -130,6 +135,60 @@ def _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M: tl.constexpr, BLOCK_E: t
 
 
 @triton.jit
+def _expert_tile_product(
+    w_ptr,
+    ws_ptr,
+    x_ptr,
+    xs_ptr,
+    expert,
+    offs_n,
+    x_rows,
+    x_row_ok,
+    N,
+    K,
+    stride_we,
+    stride_wn,
+    stride_wse,
+    stride_wsn,
+    stride_wsk,
+    stride_xm,
+    stride_xsm,
+    stride_xsk,
+    scale_block_n,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PER_K_SCALE: tl.constexpr,
+    WS_UE8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    MASK_X_ROWS: tl.constexpr,
+):
+    """``scaled_tile_product`` of expert ``expert``'s weight rows ``offs_n`` [BLOCK_N] (past N: wrapped,
+    for the store to drop) with token rows ``x_rows`` [BLOCK_M] int64 of x: float32 [BLOCK_N, BLOCK_M]."""
+    expert = expert.to(tl.int64)
+    rows_n = offs_n % N
+    return scaled_tile_product(
+        w_ptr + expert * stride_we + rows_n.to(tl.int64)[:, None] * stride_wn,
+        ws_ptr + expert * stride_wse + (rows_n // scale_block_n) * stride_wsn,
+        x_ptr + x_rows[:, None] * stride_xm,
+        x_row_ok,
+        xs_ptr + x_rows * stride_xsm,
+        K,
+        0,
+        tl.cdiv(K, BLOCK_K),
+        stride_wsk,
+        stride_xsk,
+        BLOCK_N,
+        BLOCK_M,
+        BLOCK_K,
+        PER_K_SCALE,
+        WS_UE8M0,
+        EVEN_K,
+        MASK_X_ROWS,
+    )
+
+
+@triton.jit
 def _expert_gemm_kernel(
     w_ptr,
     ws_ptr,
@@ -188,30 +247,76 @@ def _expert_gemm_kernel(
         out_ptrs = out_ptr + rows[None, :] * stride_om + offs_n[:, None]
         out_mask = (offs_n < N)[:, None] & row_ok[None, :]
         if bucket < num_experts:
-            expert = bucket.to(tl.int64)
-            rows_n = offs_n % N
-            acc = scaled_tile_product(
-                w_ptr + expert * stride_we + rows_n.to(tl.int64)[:, None] * stride_wn,
-                ws_ptr + expert * stride_wse + (rows_n // scale_block_n) * stride_wsn,
-                x_ptr + pos[:, None] * stride_xm,
-                row_ok,
-                xs_ptr + pos * stride_xsm,
-                K,
-                0,
-                tl.cdiv(K, BLOCK_K),
-                stride_wsk,
-                stride_xsk,
-                BLOCK_N,
-                BLOCK_M,
-                BLOCK_K,
-                PER_K_SCALE,
-                WS_UE8M0,
-                EVEN_K,
-                False,  # masking the repeated rows of partial expert tiles: no gain (H200, batched 1-32 tokens)
-            )
+            # Masking the repeated rows of partial expert tiles: no gain (H200, batched 1-32 tokens).
+            acc = _expert_tile_product(
+                w_ptr, ws_ptr, x_ptr, xs_ptr, bucket, offs_n, pos, row_ok,
+                N, K, stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_xm, stride_xsm, stride_xsk,
+                scale_block_n, BLOCK_N, BLOCK_M, BLOCK_K, PER_K_SCALE, WS_UE8M0, EVEN_K, False,
+            )  # fmt: skip
             tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
         else:
             tl.store(out_ptrs, tl.zeros((BLOCK_N, BLOCK_M), dtype=out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _few_rows_kernel(
+    w_ptr,
+    ws_ptr,
+    x_ptr,
+    xs_ptr,
+    ids_ptr,
+    out_ptr,
+    S,
+    N,
+    K,
+    num_experts,
+    stride_we,
+    stride_wn,
+    stride_wse,
+    stride_wsn,
+    stride_wsk,
+    stride_xm,
+    stride_xsm,
+    stride_xsk,
+    stride_om,
+    scale_block_n,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PER_K_SCALE: tl.constexpr,
+    WS_UE8M0: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """Batched calls of at most BLOCK_M rows without a routing launch.
+
+    Program (weight tile, slot r) serves the expert of row r when r is that expert's first row: it
+    finds the expert's other rows by comparing the S ids and multiplies them all with its weight
+    tile, so each touched expert's weights are read once; the programs of an expert's later rows exit
+    at once, and a sentinel row's program stores that row's zeros. x (S, K) e4m3 codes in row order
+    with scales xs [s, k block]; w, ws and out as in ``_expert_gemm_kernel``.
+    """
+    wait_for_previous_kernel(PDL)
+    pid_n = tl.program_id(0)
+    slot = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    present = rows < S
+    buckets = _bucket(ids_ptr, rows, present, num_experts)
+    bucket = tl.sum(tl.where(rows == slot, buckets, 0), 0)
+    mine = present & (buckets == bucket)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if bucket >= num_experts:
+        zeros = tl.zeros((BLOCK_N,), dtype=out_ptr.dtype.element_ty)
+        tl.store(out_ptr + slot.to(tl.int64) * stride_om + offs_n, zeros, mask=offs_n < N)
+    elif tl.min(tl.where(mine, rows, BLOCK_M), 0) == slot:
+        x_rows = tl.where(present, rows, slot).to(tl.int64)
+        acc = _expert_tile_product(
+            w_ptr, ws_ptr, x_ptr, xs_ptr, bucket, offs_n, x_rows, mine,
+            N, K, stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_xm, stride_xsm, stride_xsk,
+            scale_block_n, BLOCK_N, BLOCK_M, BLOCK_K, PER_K_SCALE, WS_UE8M0, EVEN_K, True,
+        )  # fmt: skip
+        out_ptrs = out_ptr + x_rows[None, :] * stride_om + offs_n[:, None]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & mine[None, :])
 
 
 def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,12 +345,15 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
     return perm, ends
 
 
-def _weight_scale_strides(ws: torch.Tensor, experts: int, per_k_scale: bool) -> tuple[torch.Tensor, int, int, int]:
-    """Scales and their (expert, row block, k block) strides; per-tensor scales are one per expert."""
+def _weight_scale_args(ws: torch.Tensor, experts: int, per_k_scale: bool) -> tuple[torch.Tensor, bool, int, int, int]:
+    """(scales as the kernels read them, whether they are UE8M0 codes, and their (expert, row block,
+    k block) strides); per-tensor scales are one per expert."""
+    ue8m0 = ws.dtype == torch.float8_e8m0fnu
+    ws = ws.view(torch.uint8) if ue8m0 else ws
     if not per_k_scale:
         ws = ws.reshape(experts)
-        return ws, ws.stride(0), 0, 0
-    return (ws, *ws.stride())
+        return ws, ue8m0, ws.stride(0), 0, 0
+    return (ws, ue8m0, *ws.stride())
 
 
 def launch_expert_gemm(
@@ -273,9 +381,7 @@ def launch_expert_gemm(
     tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
     num_buckets = experts + int(zero_sentinels)
     tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
-    ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
-    ws = ws.view(torch.uint8) if ws_ue8m0 else ws
-    ws, stride_wse, stride_wsn, stride_wsk = _weight_scale_strides(ws, experts, per_k_scale)
+    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
     xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k, source_rows=perm)
     if perm is None and not explicit_tiles and hopper_gemm is not None and hopper_gemm.serves(xq, w, out, block, True):
         hopper_gemm.launch(xq, w, xs, ws, out, ends)
@@ -291,6 +397,38 @@ def launch_expert_gemm(
             BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
             PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
             SCATTER=perm is not None,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
+        )  # fmt: skip
+
+
+def launch_few_rows(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    expert_ids: torch.Tensor,
+    block: tuple[int, int] | None,
+) -> None:
+    """``matmul_batched`` of at most ``FEW_ROWS_MAX`` rows: quantization, then ``_few_rows_kernel``.
+
+    x (S, K) raw, unit stride along K; w (E, N, K) e4m3; ws as in ``matmul_batched``; out (S, N);
+    expert_ids (S,) contiguous int32 or int64.
+    """
+    s, k = x.shape
+    experts, n, _ = w.shape
+    per_k_scale = block is not None
+    tiles = expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
+    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
+    xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
+    with on_device_of(x):
+        wrap_triton(_few_rows_kernel)[(cdiv(n, tiles.block_n), s)](
+            w, ws, xq, xs, expert_ids, out,
+            s, n, k, experts,
+            w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
+            xq.stride(0), xs.stride(0), xs.stride(1), out.stride(0),
+            block[0] if per_k_scale else n,
+            BLOCK_N=tiles.block_n, BLOCK_M=FEW_ROWS_MAX, BLOCK_K=tiles.block_k,
+            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
         )  # fmt: skip
 
@@ -312,9 +450,13 @@ def _expert_matmul(
     if s == 0 or n == 0:
         return out
     batched = expert_ids is not None
-    perm, ends = _route(expert_ids, b.shape[0]) if batched else (None, offsets)
     block = block_from_op_args(block_n, block_k)
-    launch_expert_gemm(with_unit_k_stride(a), with_unit_k_stride(b), b_s, out, ends, perm, block, batched)
+    a, b = with_unit_k_stride(a), with_unit_k_stride(b)
+    if batched and s <= FEW_ROWS_MAX:
+        launch_few_rows(a, b, b_s, out, expert_ids.contiguous(), block)
+        return out
+    perm, ends = _route(expert_ids.contiguous(), b.shape[0]) if batched else (None, offsets.contiguous())
+    launch_expert_gemm(a, b, b_s, out, ends, perm, block, batched)
     return out
 
 
@@ -377,7 +519,8 @@ def matmul_batched(
 
     Returns:
         C (S, N). Each expert's weights are read once per tile of the rows routed to it. Three
-        launches: routing, quantization (which gathers the rows into expert order), expert GEMM.
+        launches: routing, quantization (which gathers the rows into expert order), expert GEMM;
+        two (quantization, expert GEMM) for at most ``FEW_ROWS_MAX`` (16) rows.
     """
     block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
     check_vector("expert_ids", expert_ids, ID_DTYPES, A.shape[0], "one per row of A")
