@@ -206,6 +206,21 @@ def test_non_contiguous_inputs_give_the_contiguous_result(fp8, device, gen):
     )
 
 
+@pytest.mark.parametrize("rows", [10, 40])  # the few-rows path, then the routed one
+def test_strided_expert_ids_and_offsets_give_the_contiguous_result(fp8, device, gen, rows):
+    experts, experts_s = make_expert_weights(3, 64, 256, BLOCK, gen, device)
+    x = make_activation((rows, 256), torch.bfloat16, gen, device)
+    ids = torch.randint(0, 3, (rows, 2), generator=gen).to(device)[:, 1]  # stride 2
+    expected = fp8.matmul_batched(x, experts, experts_s, ids.contiguous(), BLOCK)
+    assert torch.equal(fp8.matmul_batched(x, experts, experts_s, ids, BLOCK), expected)
+    counts = torch.bincount(ids, minlength=3).to(torch.int32)
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+    strided_offsets = torch.stack([offsets, torch.zeros_like(offsets)], 1)[:, 0]
+    x_sorted = x[torch.sort(ids, stable=True).indices]
+    expected = fp8.matmul_grouped(x_sorted, experts, experts_s, offsets, counts, BLOCK)
+    assert torch.equal(fp8.matmul_grouped(x_sorted, experts, experts_s, strided_offsets, counts, BLOCK), expected)
+
+
 @pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_stays_in_its_row(fp8, device, gen, poison):
     """A NaN or Inf in one row's activations changes only that row's outputs (and its own group
