@@ -45,10 +45,12 @@ def main() -> None:
         fp8.matmul_2d(make_activation((m, k), torch.bfloat16, gen, "cuda"), b, bs, block)
         b, bs = make_weight(n, k, None, gen, "cuda")
         fp8.matmul_2d(make_activation((m, k), torch.bfloat16, gen, "cuda"), b, bs, None)
-    # The last three run grouped on the Hopper Gluon kernel (more than 64 rows per expert); the last one
-    # also routes its rows in two steps (more rows than one routing step compares).
+    # The first two run batched without a routing launch (few rows); the last three run grouped on the
+    # Hopper Gluon kernel (more than 64 rows per expert); the last one also routes its rows in two steps
+    # (more rows than one routing step compares).
     expert_cases = [
         (1, 3, 70, 200, 0),
+        (12, 4, 130, 136, 3),
         (30, 4, 130, 136, 5),
         (150, 2, 96, 384, 3),
         (400, 3, 200, 1040, 7),
