@@ -32,7 +32,7 @@ if not HAS_CUDA:
 sys.path.insert(0, str(ROOT / "tests"))
 
 DENSE_SHAPES = [(18432, 7168), (7168, 18432), (24576, 1536)]
-DENSE_M = [1, 16, 128, 256, 1024, 4096]
+DENSE_M = [1, 16, 96, 128, 256, 1024, 4096]
 L2_BYTES = 50 * 2**20
 # A graph of one call would charge that call the graph's launch (a few microseconds).
 MIN_CALLS_PER_GRAPH = 8

@@ -216,8 +216,9 @@ def _dense_module(fp8):
 @pytest.mark.parametrize(
     "m, n, k, out_dtype, ue8m0, static",
     [
-        (65, 200, 1040, torch.bfloat16, False, False),  # 64 x 64 tiles, N and K tails
+        (65, 200, 1040, torch.bfloat16, False, False),  # 64 x 64 tiles, N and K tails, x copied to whole tiles
         (100, 13000, 512, torch.float32, False, False),  # 64 x 64 tiles, three programs per SM
+        (80, 13000, 512, torch.bfloat16, True, False),  # the same, x copied to whole tiles
         (200, 328, 1040, torch.bfloat16, True, False),  # 64 x 128 tiles, N and K tails
         (300, 384, 2048, torch.float32, False, False),  # 128-token tiles, M tail
         (1000, 1000, 1024, torch.float16, True, False),
