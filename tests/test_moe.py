@@ -142,11 +142,11 @@ def test_batched_equals_grouped_bitwise(fp8, device, gen, block):
 
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("block", [BLOCK, (32, 32), None])
-@pytest.mark.parametrize("extra_rows", [-12, 0, 1])  # 0: the most rows of the one-launch path; 1: routed
+@pytest.mark.parametrize("extra_rows", [-12, 0, 1])  # 0: the most rows without a routing launch; 1: routed
 def test_few_rows_with_a_shared_expert_and_sentinels(fp8, device, gen, block, extra_rows):
-    """Batched calls of few rows (one launch, rows quantized in the kernel) where one expert takes
-    several rows and some rows are sentinels: they match the reference, give the sentinel rows
-    zeros, and equal the grouped kernel (separate quantization) bit for bit."""
+    """Batched calls of few rows (no routing launch: each program compares the ids) where one
+    expert takes several rows and some rows are sentinels: they match the reference, give the
+    sentinel rows zeros, and equal the grouped kernel bit for bit."""
     rows = sys.modules[fp8.matmul_batched.__module__].FEW_ROWS_MAX + extra_rows
     b, bs = make_expert_weights(5, 136, 200, block, gen, device)  # tails in N and K
     a = make_activation((rows, 200), torch.float32, gen, device)
@@ -178,6 +178,32 @@ def test_ue8m0_scales_and_strided_rows(fp8, device, gen):
     a = make_activation((12, 512), torch.bfloat16, gen, device)[:, ::2]  # K stride 2: copied, not misread
     ids = random_ids(12, 3, gen, device)
     assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+    out, _ = grouped_call(fp8, a, b, bs, ids, BLOCK)
+    assert_matches(out, moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
+
+
+def test_gluon_kernel_gets_the_callers_ue8m0_scales(fp8, device, gen, monkeypatch):
+    """Grouped calls hand the Hopper Gluon kernel the weight scales as given: it reads UE8M0 codes
+    as such only when their dtype says so (the plain kernel's uint8 view would be read as floats)."""
+    moe = _moe_module(fp8)
+    if moe.hopper_gemm is None:
+        pytest.skip("this Triton has no Gluon")
+    handed = []
+    monkeypatch.setattr(moe.hopper_gemm, "serves", lambda *args: True)
+    monkeypatch.setattr(moe.hopper_gemm, "launch", lambda x, w, xs, ws, out, ends: handed.append(ws))
+    b, bs = make_expert_weights(3, 128, 256, BLOCK, gen, device, ue8m0=True)
+    a = make_activation((12, 256), torch.bfloat16, gen, device)
+    grouped_call(fp8, a, b, bs, random_ids(12, 3, gen, device), BLOCK)
+    assert len(handed) == 1 and handed[0].dtype == torch.float8_e8m0fnu
+
+
+@requires_hopper
+def test_grouped_wgmma_kernel_with_ue8m0_scales(fp8, gen):
+    """UE8M0 weight scales on the Hopper Gluon kernel (more than 64 rows per expert) match the reference."""
+    b, bs = make_expert_weights(3, 256, 512, BLOCK, gen, "cuda", ue8m0=True)
+    a = make_activation((600, 512), torch.bfloat16, gen, "cuda")
+    ids = random_ids(600, 3, gen, "cuda")
+    assert _moe_module(fp8).hopper_gemm.serves(a.to(torch.float8_e4m3fn), b, a[:, :256], BLOCK, True)
     out, _ = grouped_call(fp8, a, b, bs, ids, BLOCK)
     assert_matches(out, moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
 

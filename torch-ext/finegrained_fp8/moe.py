@@ -381,11 +381,11 @@ def launch_expert_gemm(
     tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
     num_buckets = experts + int(zero_sentinels)
     tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
-    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
     xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k, source_rows=perm)
     if perm is None and not explicit_tiles and hopper_gemm is not None and hopper_gemm.serves(xq, w, out, block, True):
-        hopper_gemm.launch(xq, w, xs, ws, out, ends)
+        hopper_gemm.launch(xq, w, xs, ws, out, ends)  # the caller's scales: it tells UE8M0 codes by their dtype
         return
+    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
     with on_device_of(x):
         wrap_triton(_expert_gemm_kernel)[(cdiv(n, tiles.block_n) * tiles_m,)](
             w, ws, xq, xs, out, ends, ends if perm is None else perm,
