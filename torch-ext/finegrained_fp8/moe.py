@@ -20,8 +20,9 @@ and can be captured in a CUDA graph and replayed with a different routing.
 Activations are quantized first by ``fp8_act_quant``'s kernel (per row and ``block_k`` group; per
 row over all of K in per-tensor mode), one launch over the S rows, so codes and scales are exactly
 ``fp8_act_quant``'s. Quantizing inside the expert kernel was built and measured 1.0-5.7x slower on
-the H100 (DeepSeek-V3 gate_up, 1 token: 151 us fused vs 92 us; 4096 tokens: 27.8 ms vs 4.8 ms):
-every weight tile's program repeats the IEEE divisions of the same rows.
+the H100 (DeepSeek-V3 gate_up, 1 token: 151 us fused vs 92 us; 4096 tokens: 27.8 ms vs 4.8 ms),
+and inside ``_few_rows_kernel`` 2.4-6.0x slower on the H200 at 1-2 tokens: every weight tile's
+program repeats the IEEE divisions of the same rows.
 """
 
 from __future__ import annotations
