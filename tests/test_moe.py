@@ -97,6 +97,15 @@ def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_
     assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)
 
 
+@pytest.mark.parametrize("rows", [40, 300])  # 300: more than 64 rows per expert (Hopper: the Gluon kernel)
+def test_int64_offsets_give_the_int32_result(fp8, device, gen, rows):
+    b, bs = make_expert_weights(3, 128, 256, BLOCK, gen, device)
+    a = make_activation((rows, 256), torch.bfloat16, gen, device)
+    a_sorted, offsets, tpe, _, _ = group_by_expert(a, random_ids(rows, 3, gen, device), 3)
+    expected = fp8.matmul_grouped(a_sorted, b, bs, offsets, tpe, BLOCK)
+    assert torch.equal(fp8.matmul_grouped(a_sorted, b, bs, offsets.long(), tpe, BLOCK), expected)
+
+
 def test_grouped_sentinel_tail_is_not_touched(fp8, device, gen):
     b, bs = make_expert_weights(4, 128, 256, BLOCK, gen, device)
     a = make_activation((30, 256), torch.bfloat16, gen, device)
