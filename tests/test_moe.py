@@ -258,7 +258,7 @@ def test_opcheck(fp8, device, gen):
 
 
 @requires_cuda
-@pytest.mark.parametrize("rows", [24, 1200])  # 1200: grouped prefill on the Hopper Gluon kernel, through its op
+@pytest.mark.parametrize("rows", [8, 24, 1200])  # 8: batched without routing; 1200: grouped on the Gluon kernel
 def test_compile_fullgraph(fp8, gen, rows):
     b, bs = make_expert_weights(8, 256, 512, BLOCK, gen, "cuda")
     a = make_activation((rows, 512), torch.bfloat16, gen, "cuda")
