@@ -1,12 +1,14 @@
-"""Exact float conversions for Triton's CPU interpreter (tests and the CPU demo only).
+"""Exact float conversions and fused multiply-adds for Triton's CPU interpreter (tests and the CPU demo only).
 
 Triton's interpreter (3.6) converts floats with its own bit arithmetic, which rounds float32 ->
 float8e4nv wrong when rounding carries into the exponent (127.4 -> 64), does not round half to
 even, and truncates float32 -> bfloat16 instead of rounding (explicit ``.to()`` and the implicit
-cast of a store alike). GPUs convert correctly. ``install()`` replaces that one routine,
-``triton.runtime.interpreter._convert_float``, with a conversion through torch (round to nearest
-even), so kernel and reference can be compared bit for bit on the CPU. It only acts when
-``TRITON_INTERPRET=1`` and fails loudly if the internals it replaces are missing.
+cast of a store alike). It also computes ``tl.fma`` as a rounded product plus a rounded sum.
+GPUs convert correctly and fuse the fma (one rounding). ``install()`` replaces those two
+routines, ``triton.runtime.interpreter._convert_float`` with a conversion through torch (round to
+nearest even) and ``InterpreterBuilder.create_fma`` with a float32 fma rounded once, so kernel and
+reference can be compared bit for bit on the CPU. It only acts when ``TRITON_INTERPRET=1`` and
+fails loudly if the internals it replaces are missing.
 """
 
 from __future__ import annotations
@@ -40,8 +42,48 @@ def _storage(dtype: torch.dtype) -> torch.dtype:
     return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
 
 
+def fused_multiply_add(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """float32 ``x * y + z`` rounded once to nearest even, as the GPU's fma.
+
+    The product is exact in float64; the float64 sum is rounded to odd (its TwoSum error decides
+    the last bit), and a round-to-odd result with 29 more bits than float32 rounds to float32
+    exactly as the exact sum would.
+    """
+    addend = z.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        product = x.astype(np.float64) * y.astype(np.float64)
+        total = product + addend
+        addend_part = total - product
+        error = (product - (total - addend_part)) + (addend - addend_part)
+    bits = total.view(np.int64)
+    to_odd = np.isfinite(total) & (error != 0) & ((bits & 1) == 0)
+    away_from_zero = (error > 0) == (total > 0)
+    bits = np.where(to_odd, np.where(away_from_zero, bits + 1, bits - 1), bits)
+    return bits.view(np.float64).astype(np.float32)
+
+
+def _install_fused_fma(interpreter) -> None:
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    original = getattr(builder, "create_fma", None)
+    if original is None or not callable(original):
+        raise RuntimeError("interpreter shim: InterpreterBuilder.create_fma not found; update the shim")
+    if getattr(original, "_exact_shim", False):
+        return
+    params = list(inspect.signature(original).parameters)
+    if params != ["self", "x", "y", "z"]:
+        raise RuntimeError(f"interpreter shim: create_fma signature changed to {params}; update the shim")
+
+    def create_fma(self, x, y, z):
+        if not (x.data.dtype == y.data.dtype == z.data.dtype == np.float32):
+            return original(self, x, y, z)
+        return interpreter.TensorHandle(fused_multiply_add(x.data, y.data, z.data), z.dtype.scalar)
+
+    create_fma._exact_shim = True
+    builder.create_fma = create_fma
+
+
 def install() -> bool:
-    """Patch the interpreter's float conversion; returns False (and does nothing) when not interpreting."""
+    """Patch the interpreter's float conversion and fma; returns False (and does nothing) when not interpreting."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return False
     from triton.runtime import interpreter
@@ -49,6 +91,7 @@ def install() -> bool:
     original = getattr(interpreter, "_convert_float", None)
     if original is None or not callable(original):
         raise RuntimeError("interpreter shim: triton.runtime.interpreter._convert_float not found; update the shim")
+    _install_fused_fma(interpreter)
     if getattr(original, "_exact_shim", False):
         return True
     params = list(inspect.signature(original).parameters)

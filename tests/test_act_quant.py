@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
+from interpreter_shim import fused_multiply_add
 from reference import FP8, quantize
 
 
@@ -66,6 +70,50 @@ def test_rounding_carries_into_exponent_and_ties_to_even(fp8, device):
     expected = [448.0, 128.0, 120.0, 128.0, 128.0, 10.0, 12.0, -14.0, 0.0, 0.001953125]
     assert q.float()[0, :10].cpu().tolist() == expected
     _assert_exact(q, s, x, 128)
+
+
+def _every_finite_value(dtype: torch.dtype) -> torch.Tensor:
+    values = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    return values[values.isfinite()]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_finite_value_of_the_dtype(fp8, device, gen, dtype):
+    """Every finite value (zeros, subnormals and -0 included), 127 consecutive bit patterns (about
+    one binade) per group, led once by the group's own amax and once by a multiple of it up to
+    2**14 (at most the dtype's largest), so that the quotients reach every fp8 binade."""
+    values = _every_finite_value(dtype).float()
+    values = torch.nn.functional.pad(values, (0, -values.numel() % 127)).reshape(-1, 127)
+    amax = values.abs().amax(1, keepdim=True)
+    larger = (amax * torch.exp2(torch.rand(amax.shape, generator=gen) * 14)).clamp(max=torch.finfo(dtype).max)
+    x = torch.cat([torch.cat([leader, values], 1) for leader in (amax, larger)]).to(dtype)
+    x = x.reshape(-1, 512) if x.shape[0] % 4 == 0 else x
+    q, s = fp8.fp8_act_quant(x.to(device), 128)
+    _assert_exact(q, s, x, 128)
+
+
+def _nearest_float32_to(exact: Fraction) -> float:
+    """The float32 nearest to ``exact``, ties to even (by comparing against both neighbours)."""
+    guess = np.float32(float(exact))
+    best = guess
+    for candidate in (np.nextafter(guess, np.float32(-np.inf)), np.nextafter(guess, np.float32(np.inf))):
+        d_best, d_candidate = abs(Fraction(float(best)) - exact), abs(Fraction(float(candidate)) - exact)
+        even = int(np.array(candidate).view(np.int32)) % 2 == 0
+        if d_candidate < d_best or (d_candidate == d_best and even):
+            best = candidate
+    return float(best)
+
+
+def test_interpreter_shim_fma_rounds_once(gen):
+    """The CPU tests' fma (interpreter_shim) against exact rational arithmetic, cancellations included."""
+    x = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
+    y = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
+    z = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
+    z[:1500] = -(x[:1500] * y[:1500])  # the product's rounding error is what is left
+    got = fused_multiply_add(x, y, z)
+    for xi, yi, zi, gi in zip(x, y, z, got, strict=True):
+        exact = Fraction(float(xi)) * Fraction(float(yi)) + Fraction(float(zi))
+        assert float(gi) == _nearest_float32_to(exact), (xi, yi, zi)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

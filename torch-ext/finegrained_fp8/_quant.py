@@ -2,8 +2,9 @@
 
 Dynamic scheme (CONTRACT.md): per row and per group of ``block_k`` elements,
 ``s = max(amax(|x|) / 448, 1e-12)`` and ``q = e4m3(clamp(x / s, -448, 448))``, rounded to nearest
-even. Divisions use ``tl.div_rn`` (IEEE round-to-nearest): Triton's plain ``/`` on float32 is an
-approximate division on NVIDIA GPUs and would not reproduce the reference bit for bit.
+even. The quotients are IEEE round-to-nearest (``tl.div_rn``, or ``divide_by_scale``, which gives
+the same codes with one division per group): Triton's plain ``/`` on float32 is an approximate
+division on NVIDIA GPUs and would not reproduce the reference bit for bit.
 
 Non-finite input follows torch's semantics: the group amax and clamp propagate NaN (the GPU's
 min/max instructions would otherwise drop it and turn a NaN activation into a finite +-448 code), so
@@ -42,6 +43,24 @@ def dynamic_scale(amax, POWER_OF_TWO_SCALE: tl.constexpr):
 
 
 @triton.jit
+def divide_by_scale(x, s):
+    """``x / s`` for a dynamic scale ``s`` (>= 1e-12, +Inf or NaN; broadcast against ``x``), float32.
+
+    One IEEE division per scale instead of one per element, which bounds the quantization kernel
+    on the GPU. With ``r = RN(1 / s)`` and ``q0 = RN(x r)`` (within 1 ulp of ``x / s``), the residual
+    ``e = x - q0 s`` is exact as an fma, and ``RN(q0 + e r) = RN(x / s)`` (Markstein's theorem).
+    Where ``e`` is 0, ``q0`` is the exact quotient (this keeps the sign of a zero); where ``e`` is
+    NaN (``s = +Inf``), ``q0 = x * 0`` is the quotient. So every fp8 code equals the one of
+    ``tl.div_rn``: the quotients can differ only below 2**-62 (|x| < 2**-102, where the residual
+    underflows), and those round to a zero code either way.
+    """
+    r = tl.div_rn(1.0, s)
+    q0 = x * r
+    e = tl.fma(-q0, s, x)
+    return tl.where((e != 0) & (e == e), tl.fma(e, r, q0), q0)
+
+
+@triton.jit
 def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
     """Quantize each row of ``x`` ([R, G] float32, one group per row) to e4m3.
 
@@ -49,7 +68,8 @@ def quantize_rows(x, POWER_OF_TWO_SCALE: tl.constexpr):
     elements must be loaded as 0 so that they do not change the row's amax.
     """
     s = dynamic_scale(tl.reduce(tl.abs(x), 1, _max_keeping_nan), POWER_OF_TWO_SCALE)
-    q = tl.clamp(tl.div_rn(x, s[:, None]), -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL).to(tl.float8e4nv)
+    quotient = divide_by_scale(x, s[:, None])
+    q = tl.clamp(quotient, -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL).to(tl.float8e4nv)
     return q, s
 
 

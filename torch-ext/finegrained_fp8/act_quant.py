@@ -21,8 +21,9 @@ from ._quant import quantize_rows, quantize_static
 from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
 
 # Elements one program quantizes: large enough to keep 16-byte loads in flight, small enough to
-# give thousands of programs on prefill-sized inputs.
-_ELEMENTS_PER_PROGRAM = 4096
+# give thousands of programs on prefill-sized inputs (16 rows of a 128-group; the H200 sweep of
+# this choice is in benchmarks/RESULTS.md).
+_ELEMENTS_PER_PROGRAM = 2048
 
 
 @triton.jit
@@ -44,15 +45,16 @@ def _act_quant_kernel(
     PDL: tl.constexpr,
 ):
     """One program quantizes a [BLOCK_M rows, one group] tile of x (M, K); q is (M, K) contiguous.
+    Consecutive programs take consecutive groups of the same rows, so neighbours read neighbouring
+    bytes (a 1-D grid: the rows of MoE prefill exceed the 65535 of a second grid axis).
 
     Row i of q comes from row i of x, or from row source_rows[i] (GATHER; int32, a permutation).
     Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
     """
     wait_for_previous_kernel(PDL)
     let_next_kernel_launch(PDL)
-    pid_m = tl.program_id(0)
-    group = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    group = tl.program_id(0) % num_groups
+    rows = (tl.program_id(0) // num_groups) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_group = tl.arange(0, BLOCK_G)
     cols = group * GROUP + in_group
     row_ok = rows < M
@@ -95,7 +97,7 @@ def quantize_2d(
     block_g = next_power_of_two(group)
     block_m = max(1, min(next_power_of_two(m), _ELEMENTS_PER_PROGRAM // block_g))
     with on_device_of(x2d):
-        wrap_triton(_act_quant_kernel)[(cdiv(m, block_m), num_groups)](
+        wrap_triton(_act_quant_kernel)[(num_groups * cdiv(m, block_m),)](
             x2d,
             q,
             s,
