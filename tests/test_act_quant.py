@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
 from interpreter_shim import fused_multiply_add
-from reference import FP8, quantize
+from reference import FP8, quantize, quantize_static
 
 
 def _randn(shape, dtype, gen, device, scale=3.0):
@@ -90,6 +91,45 @@ def test_every_finite_value_of_the_dtype(fp8, device, gen, dtype):
     x = x.reshape(-1, 512) if x.shape[0] % 4 == 0 else x
     q, s = fp8.fp8_act_quant(x.to(device), 128)
     _assert_exact(q, s, x, 128)
+
+
+def _assert_same_codes_any_nan(q: torch.Tensor, q_ref: torch.Tensor) -> None:
+    """Codes bit for bit, except that a NaN matches a NaN of either sign (CPU and GPU divisions
+    give NaNs of different signs; e4m3 has two NaN codes, 0x7f and 0xff)."""
+    got, want = q.cpu().view(torch.uint8), q_ref.view(torch.uint8)
+    nan_got, nan_want = (got & 0x7F) == 0x7F, (want & 0x7F) == 0x7F
+    assert torch.equal(nan_got, nan_want)
+    assert torch.equal(got[~nan_got], want[~nan_want])
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        1.0,
+        3.3e-3,
+        -0.37,
+        7.1e5,
+        1e-20,
+        1.5 * 2.0**-90,
+        2.0**126,
+        2.0**-95,
+        1e-40,
+        2.0**127,
+        0.0,
+        float("inf"),
+        float("nan"),
+    ],
+)
+def test_static_codes_exact_for_every_bf16_value(fp8, device, scale):
+    """The static scheme's codes (the quantization inside ``matmul_2d(..., activation_scale=)``) for
+    every finite bf16 value, with scales inside the one-division range, at its ends, and outside it
+    (subnormal, huge, 0, Inf, NaN), where quotients also overflow and give NaN."""
+    quantize_2d = sys.modules[fp8.fp8_act_quant.__module__].quantize_2d
+    x = _every_finite_value(torch.bfloat16).reshape(-1, 128)
+    s = torch.tensor(scale, dtype=torch.float32)
+    q, s_used = quantize_2d(x.to(device), 128, s.to(device))
+    assert s_used.item() == s.item() or scale != scale
+    _assert_same_codes_any_nan(q, quantize_static(x, s))
 
 
 def _nearest_float32_to(exact: Fraction) -> float:
