@@ -176,6 +176,52 @@ def test_tensors_on_another_device_are_refused(fp8, name):
         getattr(fp8, name)(**call)
 
 
+requires_two_gpus = pytest.mark.skipif(
+    not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the device tool's nvidia-h200-x2)"
+)
+
+
+def _random_call(name: str, gen: torch.Generator) -> dict:
+    """``valid_call`` on the CPU with random activations and weight codes instead of ones and zeros."""
+    call = valid_call(name, "cpu")
+    for key, value in call.items():
+        if isinstance(value, torch.Tensor) and value.dtype in (FP8, torch.bfloat16):
+            call[key] = torch.randn(value.shape, generator=gen).to(value.dtype)
+    return call
+
+
+def _on(call: dict, device: str) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in call.items()}
+
+
+def _outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+@requires_two_gpus
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_launches_follow_the_inputs_gpu_not_the_current_one(fp8, gen, name):
+    """Inputs on cuda:1 while cuda:0 is current give, on cuda:1, what the call gives with cuda:1 current."""
+    call = _random_call(name, gen)
+    with torch.cuda.device(1):
+        expected = getattr(fp8, name)(**_on(call, "cuda:1"))
+    with torch.cuda.device(0):
+        got = getattr(fp8, name)(**_on(call, "cuda:1"))
+    torch.cuda.synchronize(1)
+    for g, e in zip(_outputs(got), _outputs(expected), strict=True):
+        assert g.device == torch.device("cuda:1")
+        assert torch.equal(g.cpu().float(), e.cpu().float())
+
+
+@requires_two_gpus
+@pytest.mark.parametrize("name", [n for n in ENTRY_POINTS if n != "fp8_act_quant"])
+def test_tensors_on_two_gpus_are_refused(fp8, name):
+    call = valid_call(name, "cuda:0")
+    call["B"] = call["B"].to("cuda:1")
+    with pytest.raises(ValueError, match=r"(^B is on cuda:1 but)|(but B is on cuda:1;)"):
+        getattr(fp8, name)(**call)
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the refusal of CPU tensors outside the interpreter")
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_cpu_tensors_are_refused_when_not_interpreting(fp8, monkeypatch, name):
