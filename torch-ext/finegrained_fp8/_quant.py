@@ -46,13 +46,14 @@ def dynamic_scale(amax, POWER_OF_TWO_SCALE: tl.constexpr):
 def divide_by_scale(x, s):
     """``x / s`` for a dynamic scale ``s`` (>= 1e-12, +Inf or NaN; broadcast against ``x``), float32.
 
-    One IEEE division per scale instead of one per element, which bounds the quantization kernel
-    on the GPU. With ``r = RN(1 / s)`` and ``q0 = RN(x r)`` (within 1 ulp of ``x / s``), the residual
-    ``e = x - q0 s`` is exact as an fma, and ``RN(q0 + e r) = RN(x / s)`` (Markstein's theorem).
-    Where ``e`` is 0, ``q0`` is the exact quotient (this keeps the sign of a zero); where ``e`` is
-    NaN (``s = +Inf``), ``q0 = x * 0`` is the quotient. So every fp8 code equals the one of
-    ``tl.div_rn``: the quotients can differ only below 2**-62 (|x| < 2**-102, where the residual
-    underflows), and those round to a zero code either way.
+    One IEEE division per scale instead of one per element (an IEEE division per element made the
+    quantization kernel ALU-bound on the H200). With ``r = RN(1 / s)`` and ``q0 = RN(x r)``
+    (within 1 ulp of ``x / s``), the residual ``e = x - q0 s`` is exact as an fma, and
+    ``RN(q0 + e r) = RN(x / s)`` (Markstein's theorem). Where ``e`` is 0, ``q0`` is the exact
+    quotient (this keeps the sign of a zero); where ``e`` is NaN (``s = +Inf``), ``q0 = x * 0`` is
+    the quotient. So every fp8 code equals the one of ``tl.div_rn``: the quotients can differ only
+    below 2**-62 (|x| < 2**-102, where the residual underflows), and those round to a zero code
+    either way.
     """
     r = tl.div_rn(1.0, s)
     q0 = x * r

@@ -46,7 +46,8 @@ def _act_quant_kernel(
 ):
     """One program quantizes a [BLOCK_M rows, one group] tile of x (M, K); q is (M, K) contiguous.
     Consecutive programs take consecutive groups of the same rows, so neighbours read neighbouring
-    bytes (a 1-D grid: the rows of MoE prefill exceed the 65535 of a second grid axis).
+    bytes (one grid axis: with the groups on the first axis, the rows of MoE prefill would exceed the
+    65535 programs that a second axis allows).
 
     Row i of q comes from row i of x, or from row source_rows[i] (GATHER; int32, a permutation).
     Dynamic: writes the group scales to s (M, num_groups). Static: reads the one scale at s_ptr.
