@@ -70,16 +70,18 @@ def load_package():
     return kernels.get_kernel(REPO_ID, version=1)
 
 
-def bench(make_call: Callable[[], Callable[[], object]], bytes_each: int = 0, replays: int = 20) -> float:
+def bench(make_call: Callable[[], Callable[[], object]], bytes_each: int, replays: int = 20) -> float:
     """GPU time of one call without launch overhead, in milliseconds (median of graph replays).
 
     ``make_call()`` returns a call over fresh operands; enough of them to move more than twice the
     L2 cache (``bytes_each`` per call), and at least MIN_CALLS_PER_GRAPH, are captured back to back
     in one CUDA graph, so the numbers exclude Python and launch overhead (the graph's own launch is
     shared by its calls, as in a model's decode graph) and never read operands from L2 left by the
-    previous call.
+    previous call. ``bytes_each`` must be positive (it sizes the graph).
     """
-    copies = max(MIN_CALLS_PER_GRAPH, -(-2 * L2_BYTES // max(bytes_each, 1)))
+    if bytes_each <= 0:
+        raise ValueError(f"bytes_each must be positive (the bytes one call reads), got {bytes_each}")
+    copies = max(MIN_CALLS_PER_GRAPH, -(-2 * L2_BYTES // bytes_each))
     calls = [make_call() for _ in range(copies)]
     for call in calls:  # compile and warm up outside the capture
         call()
