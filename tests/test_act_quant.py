@@ -122,8 +122,8 @@ def _assert_same_codes_any_nan(q: torch.Tensor, q_ref: torch.Tensor) -> None:
 )
 def test_static_codes_exact_for_every_bf16_value(fp8, device, scale):
     """The static scheme's codes (the quantization inside ``matmul_2d(..., activation_scale=)``) for
-    every finite bf16 value, with scales inside the one-division range, at its ends, and outside it
-    (subnormal, huge, 0, Inf, NaN), where quotients also overflow and give NaN."""
+    every finite bf16 value, with ordinary scales and extreme ones (near either end of the normal
+    range, subnormal, huge, 0, Inf, NaN), where quotients also overflow and give NaN."""
     quantize_2d = sys.modules[fp8.fp8_act_quant.__module__].quantize_2d
     x = _every_finite_value(torch.bfloat16).reshape(-1, 128)
     s = torch.tensor(scale, dtype=torch.float32)
@@ -146,9 +146,10 @@ def _nearest_float32_to(exact: Fraction) -> float:
 
 def test_interpreter_shim_fma_rounds_once(gen):
     """The CPU tests' fma (interpreter_shim) against exact rational arithmetic, cancellations included."""
-    x = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
-    y = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
-    z = (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
+    x, y, z = (
+        (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
+        for _ in range(3)
+    )
     z[:1500] = -(x[:1500] * y[:1500])  # the product's rounding error is what is left
     got = fused_multiply_add(x, y, z)
     for xi, yi, zi, gi in zip(x, y, z, got, strict=True):
