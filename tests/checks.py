@@ -25,9 +25,10 @@ def make_expert_weights(experts, n, k, block, gen, device, ue8m0=False):
     return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs]).reshape(experts, *pairs[0][1].shape)
 
 
-def make_activation(shape, dtype, gen, device):
-    """Random rows spanning several binades (up to 2**6; 2**0 in float16, whose outputs would overflow)."""
-    top = 1 if dtype == torch.float16 else 7
+def make_activation(shape, dtype, gen, device, out_dtype=None):
+    """Random rows spanning several binades: up to 2**6, or 2**0 when the input or the product's
+    ``out_dtype`` is float16, whose outputs would overflow."""
+    top = 1 if torch.float16 in (dtype, out_dtype) else 7
     x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-6, top, (*shape[:-1], 1), generator=gen).float())
     return x.to(dtype).to(device)
 
@@ -44,6 +45,7 @@ def assert_matches(out, ref, out_dtype, magnitude=None):
     assert out.shape == ref.shape
     assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN outputs"
     ref = ref.to(out_dtype).double()
+    assert ref.isfinite().all(), f"the reference overflows {out_dtype}: the test's data are too large"
     scale = ref.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
     if magnitude is not None:
         scale = torch.maximum(scale, magnitude.double())

@@ -46,7 +46,7 @@ def test_block_matmul(fp8, device, gen, block, m, n, k):
 def test_output_dtypes_and_leading_dims(fp8, device, gen, out_dtype):
     block = (128, 128)
     b, b_s = make_weight(192, 320, block, gen, device)
-    a_q, a_s = quantize(make_activation((2, 9, 320), torch.float32, gen, device).cpu(), 128)
+    a_q, a_s = quantize(make_activation((2, 9, 320), torch.float32, gen, device, out_dtype).cpu(), 128)
     out = fp8.w8a8_fp8_matmul(a_q.to(device), b, a_s.to(device), b_s, [128, 128], output_dtype=out_dtype)
     assert out.shape == (2, 9, 192)
     assert_matches(out, block_reference(a_q, a_s, b, b_s, block, 128), out_dtype)
@@ -237,7 +237,7 @@ def test_wgmma_kernel_matches_plain_triton_twin(fp8, gen, m, n, k, out_dtype, ue
     cores sum a K block's 128 products in an order of their own."""
     dense = _dense_module(fp8)
     b, b_s = make_weight(n, k, (128, 128), gen, "cuda", ue8m0=ue8m0)
-    x = make_activation((m, k), torch.float32, gen, "cuda")
+    x = make_activation((m, k), torch.float32, gen, "cuda", out_dtype)
     if static:
         a_s = torch.tensor([x.abs().max().item() / 448.0], device="cuda")
         a_q = quantize_static(x.cpu(), a_s.cpu()).cuda()
