@@ -1,14 +1,18 @@
-"""Exact float conversions and fused multiply-adds for Triton's CPU interpreter (tests and the CPU demo only).
+"""Exact float conversions, fmas and FP8 dots for Triton's CPU interpreter (tests and the CPU demo only).
 
 Triton's interpreter (3.6) converts floats with its own bit arithmetic, which rounds float32 ->
 float8e4nv wrong when rounding carries into the exponent (127.4 -> 64), does not round half to
 even, and truncates float32 -> bfloat16 instead of rounding (explicit ``.to()`` and the implicit
-cast of a store alike). It also computes ``tl.fma`` as a rounded product plus a rounded sum.
-GPUs convert correctly and fuse the fma (one rounding). ``install()`` replaces those two
-routines, ``triton.runtime.interpreter._convert_float`` with a conversion through torch (round to
-nearest even) and ``InterpreterBuilder.create_fma`` with a float32 fma rounded once, so kernel and
-reference can be compared bit for bit on the CPU. It only acts when ``TRITON_INTERPRET=1`` and
-fails loudly if the internals it replaces are missing.
+cast of a store alike). It also computes ``tl.fma`` as a rounded product plus a rounded sum, and an
+FP8 ``tl.dot`` through numpy's float32 matmul, whose summation order depends on where an element
+lies in the tile (the same token row gave results one ulp apart in two tile positions), while on
+the GPU a row's products do not depend on the position of the row in its tile. GPUs convert
+correctly and fuse the fma (one rounding). ``install()`` replaces those three routines:
+``triton.runtime.interpreter._convert_float`` with a conversion through torch (round to nearest
+even), ``InterpreterBuilder.create_fma`` with a float32 fma rounded once, and
+``InterpreterBuilder.create_dot`` of two e4m3 operands with an exact sum rounded once
+(``fp8_dot``), so kernel and reference, and two kernels, can be compared bit for bit on the CPU. It
+only acts when ``TRITON_INTERPRET=1`` and fails loudly if the internals it replaces are missing.
 """
 
 from __future__ import annotations
@@ -62,28 +66,68 @@ def fused_multiply_add(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarra
     return bits.view(np.float64).astype(np.float32)
 
 
-def _install_fused_fma(interpreter) -> None:
+def _replace_builder_routine(interpreter, name: str, params: list[str], make_replacement) -> None:
+    """Set ``InterpreterBuilder.<name>`` to ``make_replacement(original)``, once, after checking that
+    the routine exists with the parameters ``params`` (after ``self``)."""
     builder = getattr(interpreter, "InterpreterBuilder", None)
-    original = getattr(builder, "create_fma", None)
+    original = getattr(builder, name, None)
     if original is None or not callable(original):
-        raise RuntimeError("interpreter shim: InterpreterBuilder.create_fma not found; update the shim")
+        raise RuntimeError(f"interpreter shim: InterpreterBuilder.{name} not found; update the shim")
     if getattr(original, "_exact_shim", False):
         return
-    params = list(inspect.signature(original).parameters)
-    if params != ["self", "x", "y", "z"]:
-        raise RuntimeError(f"interpreter shim: create_fma signature changed to {params}; update the shim")
+    found = list(inspect.signature(original).parameters)
+    if found != ["self", *params]:
+        raise RuntimeError(f"interpreter shim: {name} signature changed to {found}; update the shim")
+    replacement = make_replacement(original)
+    replacement._exact_shim = True
+    setattr(builder, name, replacement)
 
-    def create_fma(self, x, y, z):
-        if not (x.data.dtype == y.data.dtype == z.data.dtype == np.float32):
-            return original(self, x, y, z)
-        return interpreter.TensorHandle(fused_multiply_add(x.data, y.data, z.data), z.dtype.scalar)
 
-    create_fma._exact_shim = True
-    builder.create_fma = create_fma
+def _install_fused_fma(interpreter) -> None:
+    def make_fma(original):
+        def create_fma(self, x, y, z):
+            if not (x.data.dtype == y.data.dtype == z.data.dtype == np.float32):
+                return original(self, x, y, z)
+            return interpreter.TensorHandle(fused_multiply_add(x.data, y.data, z.data), z.dtype.scalar)
+
+        return create_fma
+
+    _replace_builder_routine(interpreter, "create_fma", ["x", "y", "z"], make_fma)
+
+
+def fp8_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 ``a @ b`` of FP8 values (any float arrays holding them), each element the exact sum
+    rounded once to nearest even: the same wherever the element lies in the tile.
+
+    Products of e4m3 values (2**-9 to 448) are multiples of 2**-18 below 2**18, so any sum of fewer
+    than 2**17 of them is exact in float64 whatever the order of the additions.
+    """
+    if a.shape[-1] >= 2**17:
+        raise ValueError(f"interpreter shim: an FP8 dot over K = {a.shape[-1]} may not be exact in float64")
+    return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)
+
+
+def _install_exact_fp8_dot(interpreter) -> None:
+    import triton.language as tl
+
+    def values(operand) -> np.ndarray:
+        return interpreter._convert_float(operand.data, operand.dtype, tl.float16, None).view(np.float16)
+
+    def make_dot(original):
+        def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+            if a.dtype.scalar != tl.float8e4nv or b.dtype.scalar != tl.float8e4nv or d.data.dtype != np.float32:
+                return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+            return interpreter.TensorHandle(fp8_dot(values(a), values(b)) + d.data, d.dtype.scalar)
+
+        return create_dot
+
+    params = ["a", "b", "d", "input_precision", "max_num_imprecise_acc"]
+    _replace_builder_routine(interpreter, "create_dot", params, make_dot)
 
 
 def install() -> bool:
-    """Patch the interpreter's float conversion and fma; returns False (and does nothing) when not interpreting."""
+    """Patch the interpreter's float conversion, fma and FP8 dot; returns False (and does nothing) when
+    not interpreting."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return False
     from triton.runtime import interpreter
@@ -92,6 +136,7 @@ def install() -> bool:
     if original is None or not callable(original):
         raise RuntimeError("interpreter shim: triton.runtime.interpreter._convert_float not found; update the shim")
     _install_fused_fma(interpreter)
+    _install_exact_fp8_dot(interpreter)
     if getattr(original, "_exact_shim", False):
         return True
     params = list(inspect.signature(original).parameters)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sys
-from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 from conftest import HAS_CUDA, OPCHECK_UTILS, requires_cuda
-from interpreter_shim import fused_multiply_add
 from reference import FP8, quantize, quantize_static
 
 
@@ -130,31 +127,6 @@ def test_static_codes_exact_for_every_bf16_value(fp8, device, scale):
     q, s_used = quantize_2d(x.to(device), 128, s.to(device))
     assert s_used.item() == s.item() or scale != scale
     _assert_same_codes_any_nan(q, quantize_static(x, s))
-
-
-def _nearest_float32_to(exact: Fraction) -> float:
-    """The float32 nearest to ``exact``, ties to even (by comparing against both neighbours)."""
-    guess = np.float32(float(exact))
-    best = guess
-    for candidate in (np.nextafter(guess, np.float32(-np.inf)), np.nextafter(guess, np.float32(np.inf))):
-        d_best, d_candidate = abs(Fraction(float(best)) - exact), abs(Fraction(float(candidate)) - exact)
-        even = int(np.array(candidate).view(np.int32)) % 2 == 0
-        if d_candidate < d_best or (d_candidate == d_best and even):
-            best = candidate
-    return float(best)
-
-
-def test_interpreter_shim_fma_rounds_once(gen):
-    """The CPU tests' fma (interpreter_shim) against exact rational arithmetic, cancellations included."""
-    x, y, z = (
-        (torch.randn(3000, generator=gen) * torch.exp2(torch.randint(-30, 30, (3000,), generator=gen))).numpy()
-        for _ in range(3)
-    )
-    z[:1500] = -(x[:1500] * y[:1500])  # the product's rounding error is what is left
-    got = fused_multiply_add(x, y, z)
-    for xi, yi, zi, gi in zip(x, y, z, got, strict=True):
-        exact = Fraction(float(xi)) * Fraction(float(yi)) + Fraction(float(zi))
-        assert float(gi) == _nearest_float32_to(exact), (xi, yi, zi)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -432,6 +432,9 @@ def test_property_matmul_2d(fp8, device, m, n, k, block, dtype, seed):
     sentinels=st.integers(0, 5),
     seed=st.integers(0, 2**31),
 )
+# Found on the CPU (300 examples): grouped rows sorted unstably sit elsewhere in their tile than the
+# batched ones, and the interpreter's FP8 dot then differed by one ulp (interpreter_shim.fp8_dot).
+@example(rows=17, experts=1, n=2, k=126, block=(128, 128), sentinels=0, seed=0)
 def test_property_moe(fp8, device, rows, experts, n, k, block, sentinels, seed):
     gen = torch.Generator().manual_seed(seed)
     b, bs = make_expert_weights(experts, n, k, block, gen, device)
