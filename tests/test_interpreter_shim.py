@@ -36,7 +36,7 @@ def test_interpreter_shim_fma_rounds_once(gen):
 
 
 def _random_fp8_values(shape, gen) -> np.ndarray:
-    """Every finite e4m3 value is equally likely (subnormals and +-448 included)."""
+    """Random e4m3 values from the whole range, subnormals and +-448 included."""
     codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32).to(torch.uint8)
     codes[(codes & 0x7F) == 0x7F] = 0x7E  # the NaN codes become +-448
     return codes.view(FP8).float().numpy()
