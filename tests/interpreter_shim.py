@@ -23,8 +23,6 @@ import os
 import numpy as np
 import torch
 
-_EXPECTED_PARAMS = ["input", "input_dtype", "output_dtype", "rounding_mode"]
-
 
 def _torch_dtype(tl_dtype) -> torch.dtype:
     import triton.language as tl
@@ -66,21 +64,26 @@ def fused_multiply_add(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarra
     return bits.view(np.float64).astype(np.float32)
 
 
-def _replace_builder_routine(interpreter, name: str, params: list[str], make_replacement) -> None:
-    """Set ``InterpreterBuilder.<name>`` to ``make_replacement(original)``, once, after checking that
-    the routine exists with the parameters ``params`` (after ``self``)."""
-    builder = getattr(interpreter, "InterpreterBuilder", None)
-    original = getattr(builder, name, None)
+def _replace_routine(owner, owner_name: str, name: str, params: list[str], make_replacement) -> None:
+    """Set ``owner.<name>`` to ``make_replacement(original)``, once, after checking that the routine
+    exists with the parameters ``params``; ``owner_name`` names ``owner`` in the errors."""
+    original = getattr(owner, name, None)
     if original is None or not callable(original):
-        raise RuntimeError(f"interpreter shim: InterpreterBuilder.{name} not found; update the shim")
+        raise RuntimeError(f"interpreter shim: {owner_name}.{name} not found; update the shim")
     if getattr(original, "_exact_shim", False):
         return
     found = list(inspect.signature(original).parameters)
-    if found != ["self", *params]:
+    if found != params:
         raise RuntimeError(f"interpreter shim: {name} signature changed to {found}; update the shim")
     replacement = make_replacement(original)
     replacement._exact_shim = True
-    setattr(builder, name, replacement)
+    setattr(owner, name, replacement)
+
+
+def _replace_builder_routine(interpreter, name: str, params: list[str], make_replacement) -> None:
+    """``_replace_routine`` on a method of the interpreter's ``InterpreterBuilder`` (``params`` after ``self``)."""
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    _replace_routine(builder, "InterpreterBuilder", name, ["self", *params], make_replacement)
 
 
 def _install_fused_fma(interpreter) -> None:
@@ -125,23 +128,7 @@ def _install_exact_fp8_dot(interpreter) -> None:
     _replace_builder_routine(interpreter, "create_dot", params, make_dot)
 
 
-def install() -> bool:
-    """Patch the interpreter's float conversion, fma and FP8 dot; returns False (and does nothing) when
-    not interpreting."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    from triton.runtime import interpreter
-
-    original = getattr(interpreter, "_convert_float", None)
-    if original is None or not callable(original):
-        raise RuntimeError("interpreter shim: triton.runtime.interpreter._convert_float not found; update the shim")
-    _install_fused_fma(interpreter)
-    _install_exact_fp8_dot(interpreter)
-    if getattr(original, "_exact_shim", False):
-        return True
-    params = list(inspect.signature(original).parameters)
-    if params != _EXPECTED_PARAMS:
-        raise RuntimeError(f"interpreter shim: _convert_float signature changed to {params}; update the shim")
+def _install_exact_conversion(interpreter) -> None:
     ir = getattr(interpreter, "_ir", None)
     if ir is None or not hasattr(ir, "ROUNDING_MODE"):
         raise RuntimeError("interpreter shim: triton.runtime.interpreter._ir.ROUNDING_MODE not found; update the shim")
@@ -156,6 +143,18 @@ def install() -> bool:
         width = output_dtype.primitive_bitwidth
         return out.view(getattr(np, f"uint{width}"))
 
-    exact_convert_float._exact_shim = True
-    interpreter._convert_float = exact_convert_float
+    params = ["input", "input_dtype", "output_dtype", "rounding_mode"]
+    _replace_routine(interpreter, "triton.runtime.interpreter", "_convert_float", params, lambda _: exact_convert_float)
+
+
+def install() -> bool:
+    """Patch the interpreter's float conversion, fma and FP8 dot; returns False (and does nothing) when
+    not interpreting."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from triton.runtime import interpreter
+
+    _install_exact_conversion(interpreter)
+    _install_fused_fma(interpreter)
+    _install_exact_fp8_dot(interpreter)
     return True
