@@ -3,7 +3,8 @@
 Run as a script, without ``TRITON_INTERPRET`` (under the interpreter Gluon functions cannot be
 compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case is
 ``[m, k, dense_n or null, ue8m0, out_dtype]`` and takes the tiles ``wgmma_tiles`` ships for it
-(grouped over 256 experts when dense_n is null). Prints one JSON object per case: the tiles, what a launch
+(grouped over 256 experts when dense_n is null), with its arguments specialized as a launch of that
+case specializes them. Prints one JSON object per case: the tiles, what a launch
 needs (threads, registers per thread, shared memory per program), the SASS instructions that touch
 local memory (register spills), and whether ptxas serializes the wgmmas.
 """
@@ -26,6 +27,9 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 
 HOPPER = GPUTarget("cuda", 90, 128)
+# Grouped cases: experts, and weight rows per expert (the scalars' values only set their specialization).
+GROUPED_EXPERTS = 256
+GROUPED_N = 4096
 SCALAR_ARGS = ["M", "N", "K", "ends_ptr", "num_experts", "stride_xsm", "stride_xsk"]
 SCALAR_ARGS += ["stride_wse", "stride_wsn", "stride_wsk", "stride_om"]
 
@@ -78,6 +82,30 @@ def wgmma_serialized(ptx: str) -> bool:
     return "C7514" in log
 
 
+def scalar_values(m: int, k: int, dense_n: int | None) -> dict[str, int]:
+    """The integer arguments a launch of this case passes (row-major operands, contiguous scales)."""
+    experts = 1 if dense_n is not None else GROUPED_EXPERTS
+    n = dense_n or GROUPED_N
+    k_blocks, n_blocks = -(-k // 128), -(-n // 128)
+    return {"M": m * experts, "N": n, "K": k, "num_experts": experts, "stride_xsm": k_blocks, "stride_xsk": 1,
+            "stride_wse": n_blocks * k_blocks, "stride_wsn": k_blocks, "stride_wsk": 1, "stride_om": n}  # fmt: skip
+
+
+def specialize_like_a_launch(names: list[str], values: dict[str, int]) -> tuple[dict, dict, dict]:
+    """(signature updates, constexprs, attrs) as Triton's launcher derives them from the arguments'
+    values: integers equal to 1 become constants, and pointers (allocations are 16-byte aligned) and
+    integers divisible by 16 get the divisibility hint, which changes the code ptxas sees (a grouped
+    kernel spilled with it and not without)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(names):
+        value = values.get(name)
+        if value == 1:
+            signature[name], constexprs[(index,)] = "constexpr", 1
+        elif name.endswith("_ptr") or (value is not None and value % 16 == 0):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
+
+
 def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0: bool, out_dtype: str) -> dict:
     tiles = tiles_module.wgmma_tiles(m, k, dense_n, torch.device("cpu"))
     grouped = dense_n is None
@@ -85,13 +113,16 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
     signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
     out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)
-    constants = wgmma._kernel_constants(tiles, 256 if grouped else 1, grouped, ue8m0, out_desc is not None)
+    constants = wgmma._kernel_constants(tiles, GROUPED_EXPERTS if grouped else 1, grouped, ue8m0, out_desc is not None)
     half_rows = 64 if wgmma._has_half_tiles(tiles.block_m, tiles.block_n, constants["BLOCK_E"]) else tiles.block_m
     signature["x_half_desc"] = descriptor_type(wgmma, half_rows)  # else the kernel's placeholder: x's descriptor
     signature["out_desc"] = out_desc or signature["x_desc"]  # the kernel's placeholder: x's descriptor
     signature |= dict.fromkeys(constants, "constexpr")
-    signature = {name: signature[name] for name in wgmma._gemm_wgmma_kernel.arg_names}
-    source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constants, attrs={})
+    names = wgmma._gemm_wgmma_kernel.arg_names
+    specialized, constexprs, attrs = specialize_like_a_launch(names, scalar_values(m, k, dense_n))
+    signature = {name: specialized.get(name, signature[name]) for name in names}
+    constexprs |= {(names.index(name),): value for name, value in constants.items()}
+    source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(source, target=HOPPER, options={"num_warps": 4, "maxnreg": tiles.max_registers})
     return {
         "tiles": [tiles.block_m, tiles.block_n, tiles.stages, tiles.programs_per_sm, tiles.max_registers],

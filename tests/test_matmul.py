@@ -262,10 +262,12 @@ _BLOCK_RESERVED_SHARED_BYTES = 1024
 
 def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
     """Every tile configuration the Gluon kernel ships (dense and grouped) compiles for sm_90a, on any
-    machine, without register spills, and its programs per SM fit an SM's registers and shared memory
-    (a configuration over either fails only at launch, on the GPU), its tiles leave through one TMA
-    copy per math warpgroup where ``stores_through_tma`` says so, else through stores from registers,
-    and ptxas keeps the wgmmas of a K block in one chain (no serialization)."""
+    machine, without register spills (its arguments specialized as a launch specializes them:
+    unspecialized, the grouped lookup compiled without the spills the H200 ran), and its programs per
+    SM fit an SM's registers and shared memory (a configuration over either fails only at launch, on
+    the GPU), its tiles leave through one TMA copy per math warpgroup where ``stores_through_tma``
+    says so, else through stores from registers, and ptxas keeps the wgmmas of a K block in one chain
+    (no serialization)."""
     # (m, k, dense n or None for grouped over 256 experts, UE8M0 weight scales, out dtype) -> the shipped
     # (block_m, block_n, stages, programs per SM) and TMA stores per math warpgroup
     cases = {
