@@ -57,9 +57,9 @@ _TMA_OUTPUT_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 _GROUPED_TMA_STORE_MAX_K = 1024
 # The loader warp only computes addresses, but the per-tile expert lookup of grouped calls needs more
 # than the 24 a warp can be given: with 24 it spilled over 256 experts, and DeepSeek-V3 grouped GEMMs
-# (H100, 4096 and 8192 tokens) ran 450-694 TFLOPS against 507-698 with 40 (32: in between). 40 still
-# keep 3 registers of that lookup in local memory on 128-token tiles (6 requests per tile, L1-cached);
-# 48 remove them but ran 1.00-1.10x slower in a same-process A/B (H200, 2026-12-02).
+# (H100, 4096 and 8192 tokens) ran 450-694 TFLOPS against 507-698 with 40 (32: in between). With 40
+# the lookup still keeps 3 registers in local memory on 128-token tiles (6 requests per tile, L1-cached);
+# 48 registers remove them but ran 1.00-1.10x slower in a same-process A/B (H200, 2026-12-02).
 _LOADER_REGISTERS = gl.constexpr(40)
 # Dense calls on 64 x 64 tiles whose last token tile would miss at least this many rows of x read a
 # copy of x padded with zero rows to whole tiles (see ``_whole_token_tiles``).
