@@ -30,8 +30,6 @@ HOPPER = GPUTarget("cuda", 90, 128)
 # Grouped cases: experts, and weight rows per expert (the scalars' values only set their specialization).
 GROUPED_EXPERTS = 256
 GROUPED_N = 4096
-SCALAR_ARGS = ["M", "N", "K", "ends_ptr", "num_experts", "stride_xsm", "stride_xsk"]
-SCALAR_ARGS += ["stride_wse", "stride_wsn", "stride_wsk", "stride_om"]
 
 
 def load_package(package_dir: Path):
@@ -82,11 +80,12 @@ def wgmma_serialized(ptx: str) -> bool:
     return "C7514" in log
 
 
-def scalar_values(m: int, k: int, dense_n: int | None) -> dict[str, int]:
+def scalar_values(wgmma, m: int, k: int, dense_n: int | None) -> dict[str, int]:
     """The integer arguments a launch of this case passes (row-major operands, contiguous scales)."""
     experts = 1 if dense_n is not None else GROUPED_EXPERTS
     n = dense_n or GROUPED_N
-    k_blocks, n_blocks = -(-k // 128), -(-n // 128)
+    block_n, block_k = wgmma.BLOCK_SHAPE
+    k_blocks, n_blocks = wgmma.cdiv(k, block_k), wgmma.cdiv(n, block_n)
     return {"M": m * experts, "N": n, "K": k, "num_experts": experts, "stride_xsm": k_blocks, "stride_xsk": 1,
             "stride_wse": n_blocks * k_blocks, "stride_wsn": k_blocks, "stride_wsk": 1, "stride_om": n}  # fmt: skip
 
@@ -111,7 +110,8 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     grouped = dense_n is None
     signature = {"x_desc": descriptor_type(wgmma, tiles.block_m), "w_desc": descriptor_type(wgmma, tiles.block_n)}
     signature |= {"xs_ptr": "*fp32", "ws_ptr": "*u8" if ue8m0 else "*fp32", "out_ptr": f"*{out_dtype}"}
-    signature |= {name: "*i32" if name == "ends_ptr" else "i32" for name in SCALAR_ARGS}
+    values = scalar_values(wgmma, m, k, dense_n)
+    signature |= {"ends_ptr": "*i32"} | dict.fromkeys(values, "i32")
     out_desc = output_descriptor_type(wgmma, tiles.block_n, out_dtype, grouped, k)
     constants = wgmma._kernel_constants(tiles, GROUPED_EXPERTS if grouped else 1, grouped, ue8m0, out_desc is not None)
     half_rows = 64 if wgmma._has_half_tiles(tiles.block_m, tiles.block_n, constants["BLOCK_E"]) else tiles.block_m
@@ -119,7 +119,7 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     signature["out_desc"] = out_desc or signature["x_desc"]  # the kernel's placeholder: x's descriptor
     signature |= dict.fromkeys(constants, "constexpr")
     names = wgmma._gemm_wgmma_kernel.arg_names
-    specialized, constexprs, attrs = specialize_like_a_launch(names, scalar_values(m, k, dense_n))
+    specialized, constexprs, attrs = specialize_like_a_launch(names, values)
     signature = {name: specialized.get(name, signature[name]) for name in names}
     constexprs |= {(names.index(name),): value for name, value in constants.items()}
     source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
