@@ -43,7 +43,7 @@ MOE_SHAPES = {
     "Qwen3-30B gate_up": (128, 1536, 2048),
     "Qwen3-30B down": (128, 2048, 768),
 }
-MOE_TOKENS = [1, 32, 128, 512, 4096, 8192]
+MOE_TOKENS = [1, 2, 8, 32, 128, 512, 4096, 8192]
 TOP_K = 8
 BATCHED_MAX_TOKENS = 512
 

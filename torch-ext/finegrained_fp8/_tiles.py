@@ -24,6 +24,17 @@ DECODE_MAX_M = 64
 # 64 x 128 tiles stays ahead.
 _NARROW_MAX_M = 256
 _NARROW_SHAPE = (64, 64, 4, 3)
+# Pipeline depth of the weight-streaming tiles, each stage (block_n + block_m) x block_k bytes of
+# shared memory. Expert GEMMs take one stage less than dense ones: their grids hold more programs
+# than the SMs fit at once (every tile of every expert, or the few-rows kernel's program per weight
+# tile and row), and with 16-token tiles four fit an SM at 50 KB where three fit at 60 KB. H200 A/B
+# (2026-12-02, same process, benchmarks/RESULTS.md): 5 stages took 0.84-1.01x the time of 6 on MoE
+# decode and the plain-Triton grouped sizes (Qwen3 down at 2 and 32 tokens 0.86x and 0.85x,
+# DeepSeek-V3 gate_up at 1 token 0.89x), except Qwen3 gate_up at 2 tokens (1.07x: its 384 programs
+# already fit at 6); dense decode with 5: pre-quantized 0.97-1.00x but fused 1.01-1.05x at M = 1 and
+# 16, so it keeps 6.
+_DENSE_DECODE_STAGES = 6
+_EXPERT_DECODE_STAGES = 5
 
 
 @dataclass(frozen=True)
@@ -38,11 +49,12 @@ class GemmTiles:
     group_n: int  # weight tiles that consecutive programs share (L2 reuse)
 
 
-def _tile_shape(m: int) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages) for ``m`` tokens sharing one weight matrix."""
+def _tile_shape(m: int, decode_stages: int = _DENSE_DECODE_STAGES) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages) for ``m`` tokens sharing one weight matrix;
+    ``decode_stages`` is the pipeline depth where they stream the weights."""
     if m <= DECODE_MAX_M:
         # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
-        return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, 6
+        return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, decode_stages
     # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
     return 64, 128, 4, 4
 
@@ -150,7 +162,7 @@ def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
     """
     rows_per_expert = cdiv(rows, max(1, min(rows, experts)))
     if rows_per_expert <= DECODE_MAX_M:
-        shape = _tile_shape(rows_per_expert)
+        shape = _tile_shape(rows_per_expert, _EXPERT_DECODE_STAGES)
     else:
         # Best of a sweep on the H100 at 4096 tokens, top-8, DeepSeek-V3 and Qwen3-30B experts (2026-11-25).
         shape = (64, 256, 8, 3)
