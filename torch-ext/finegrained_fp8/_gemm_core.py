@@ -87,8 +87,8 @@ def scaled_tile_product(
     mode); with MASK_X_ROWS, rows where ``x_row_ok`` [BLOCK_M] is false are not read (zeros).
     Block mode loads each K block's scales one step ahead, while the block before it multiplies:
     Triton's pipeliner only prefetches the dot operands, so a scale loaded in its own step held
-    every step for a load's latency (H200 A/B: 0.85-0.98x the time at dense M = 64, 0.92-1.00x on
-    MoE decode, even elsewhere).
+    every step for a load's latency (H200 A/B: 0.85-0.96x the time at dense M = 64, 0.92-1.00x on
+    MoE decode at 1-2 tokens, level elsewhere).
     Quantizing raw rows here instead was measured 1.0-5.7x slower on the H100 (every weight tile's
     program repeats the IEEE divisions of the same rows), so callers quantize first.
     """
