@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checks import assert_matches, make_activation, make_weight
+from checks import assert_matches, make_activation, make_weight, unwritten_memory_is_nan
 from conftest import BACKEND, HAS_CUDA, OPCHECK_UTILS, requires_cuda, requires_hopper
 from reference import (
     FP8,
@@ -133,6 +133,27 @@ def test_empty_m(fp8, device, gen):
     b, b_s = make_weight(64, 128, (128, 128), gen, device)
     out = fp8.matmul_2d(torch.empty(0, 128, dtype=torch.bfloat16, device=device), b, b_s, [128, 128])
     assert out.shape == (0, 64) and out.dtype == torch.bfloat16
+
+
+def test_empty_k_is_an_empty_sum(fp8, device):
+    """K = 0: every output element is 0 in every mode (outputs left unwritten would be NaN), and the
+    quantization returns empty codes and scales."""
+    b = torch.zeros(64, 0, dtype=torch.float8_e4m3fn, device=device)
+    b_s = torch.ones(1, 0, device=device)
+    a = torch.empty(2, 3, 0, dtype=torch.bfloat16, device=device)
+    q, s = fp8.fp8_act_quant(a, 128)
+    assert q.shape == (2, 3, 0) and s.shape == (2, 3, 0)
+    calls = {
+        "matmul_2d": lambda: fp8.matmul_2d(a, b, b_s, [128, 128], torch.float32),
+        "w8a8_block_fp8_matmul": lambda: fp8.w8a8_block_fp8_matmul(q, b, s, b_s, [128, 128], torch.float32),
+        "w8a8_tensor_fp8_matmul": lambda: fp8.w8a8_tensor_fp8_matmul(
+            q, b, torch.ones((), device=device), torch.ones((), device=device), torch.float32
+        ),
+    }
+    for name, call in calls.items():
+        with unwritten_memory_is_nan():
+            out = call()
+        assert out.shape == (2, 3, 64) and torch.equal(out, torch.zeros_like(out)), name
 
 
 def test_opcheck(fp8, device, gen):

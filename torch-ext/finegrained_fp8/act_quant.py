@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -120,8 +122,8 @@ def quantize_2d(
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
-    """View ``x`` (..., K) as (M, K) with unit stride along K (copies only when it must)."""
-    return with_unit_k_stride(x.reshape(-1, x.shape[-1]))
+    """View ``x`` (..., K) as (M, K) with unit stride along K (copies only when it must); K may be 0."""
+    return with_unit_k_stride(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]))
 
 
 @registered_op("fp8_act_quant")

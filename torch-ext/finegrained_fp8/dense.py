@@ -156,6 +156,9 @@ def launch_gemm(
     n = w.shape[0]
     if m == 0 or n == 0:
         return
+    if k == 0:  # an empty sum
+        out.zero_()
+        return
     if tiles is None and hopper_gemm is not None and hopper_gemm.serves(x, w, out, block):
         hopper_gemm.launch(x, w, xs, ws, out)
         return

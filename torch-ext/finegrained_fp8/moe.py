@@ -451,6 +451,11 @@ def _expert_matmul(
     if s == 0 or n == 0:
         return out
     batched = expert_ids is not None
+    if a.shape[1] == 0:  # an empty sum: every routed row is zeros
+        if batched:
+            return out.zero_()
+        routed = torch.arange(s, device=a.device) < offsets[-1]  # rows past offsets[-1] stay unwritten
+        return out.masked_fill_(routed[:, None], 0)
     block = block_from_op_args(block_n, block_k)
     a, b = with_unit_k_stride(a), with_unit_k_stride(b)
     if batched and s <= FEW_ROWS_MAX:
