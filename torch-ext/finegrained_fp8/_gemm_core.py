@@ -52,7 +52,8 @@ def _load_token_block(rows, row_ok, offs_k, K, EVEN_K: tl.constexpr, MASK_ROWS: 
 
 @triton.jit
 def _k_block_scales(ws_rows, xs_rows, kb, valid, stride_wsk, stride_xsk, WS_UE8M0: tl.constexpr):
-    """The weight scales [BLOCK_N] and token scales [BLOCK_M] of K block ``kb`` (nothing read unless ``valid``)."""
+    """The weight scales [BLOCK_N] and token scales [BLOCK_M] of K block ``kb`` (per-tensor mode: kb = 0,
+    the one scale of each row); nothing is read unless ``valid``."""
     w_scale = decode_scale(tl.load(ws_rows + kb * stride_wsk, mask=valid, other=0), WS_UE8M0)
     x_scale = tl.load(xs_rows + kb * stride_xsk, mask=valid, other=0.0)
     return w_scale, x_scale
@@ -108,7 +109,6 @@ def scaled_tile_product(
         else:
             acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
     if not PER_K_SCALE:
-        x_scale = tl.load(xs_rows)
-        w_scale = decode_scale(tl.load(ws_rows), WS_UE8M0)
+        w_scale, x_scale = _k_block_scales(ws_rows, xs_rows, 0, True, stride_wsk, stride_xsk, WS_UE8M0)
         acc = acc * (w_scale[:, None] * x_scale[None, :])
     return acc
