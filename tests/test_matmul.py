@@ -135,6 +135,16 @@ def test_empty_m(fp8, device, gen):
     assert out.shape == (0, 64) and out.dtype == torch.bfloat16
 
 
+def test_empty_n(fp8, device, gen):
+    """N = 0 (with rows and K): an empty (..., 0) result from the fused and pre-quantized matmuls."""
+    b = torch.zeros(0, 128, dtype=torch.float8_e4m3fn, device=device)
+    b_s = torch.ones(0, 1, device=device)
+    a = make_activation((2, 3, 128), torch.bfloat16, gen, device)
+    q, s = fp8.fp8_act_quant(a, 128)
+    assert fp8.matmul_2d(a, b, b_s, [128, 128]).shape == (2, 3, 0)
+    assert fp8.w8a8_block_fp8_matmul(q, b, s, b_s, [128, 128], torch.bfloat16).shape == (2, 3, 0)
+
+
 def test_empty_k_is_an_empty_sum(fp8, device):
     """K = 0: every output element is 0 in every mode (outputs left unwritten would be NaN), and the
     quantization returns empty codes and scales."""

@@ -203,8 +203,9 @@ def _fp8_matmul(
     output_dtype: torch.dtype,
 ) -> torch.Tensor:
     n = b.shape[0]
+    x = as_rows(a)
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    launch_gemm(with_unit_k_stride(b), b_s, as_rows(a), a_s, out.view(-1, n), block_from_op_args(block_n, block_k))
+    launch_gemm(with_unit_k_stride(b), b_s, x, a_s, out.view(x.shape[0], n), block_from_op_args(block_n, block_k))
     return out
 
 
@@ -223,7 +224,7 @@ def _fp8_matmul_fused(
     x = as_rows(a)
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
     q, x_s = quantize_2d(x, k if block is None else block[1], activation_scale)
-    launch_gemm(with_unit_k_stride(b), b_s, q, x_s, out.view(-1, n), block)
+    launch_gemm(with_unit_k_stride(b), b_s, q, x_s, out.view(x.shape[0], n), block)
     return out
 
 
