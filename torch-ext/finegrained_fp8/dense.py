@@ -1,9 +1,10 @@
 """Dense W8A8 FP8 matmul: block-wise and per-tensor scales, pre-quantized or raw activations.
 
 Raw activations (``matmul_2d``) are quantized by the ``fp8_act_quant`` kernel, then multiplied.
-Quantizing inside the GEMM was measured slower on the H100 at every size (each weight tile's program
-re-quantizes the same activation tile: M=16, 18432x7168 took 83 us fused vs 64 us for the GEMM
-alone), while the separate pass costs a few microseconds at decode and ~1-2% at prefill.
+Quantizing inside the GEMM was measured slower at every size (each weight tile's program
+re-quantizes the same activation tile; H200, with one division per group: 1.2-2.0x the time at
+M = 1-16), while the separate pass costs about a microsecond at decode and 0-9% of the time above
+(H200 table in benchmarks/RESULTS.md).
 
 ``out[m, n] = sum_k dequant(x)[m, k] * dequant(w)[n, k]``, float32 accumulation. In block mode each
 K block of ``block_k`` is a fresh FP8 dot product, scaled by its activation and weight scales and
