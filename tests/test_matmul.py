@@ -109,7 +109,7 @@ def test_matmul_2d_per_tensor(fp8, device, gen, m):
 @pytest.mark.parametrize("m", [1, 16, 17, 64, 65, 200])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_fused_equals_prequantized_bitwise(fp8, device, gen, m, dtype):
-    """matmul_2d quantizes exactly as fp8_act_quant, in the kernel (M <= 64) or in a first pass."""
+    """matmul_2d quantizes exactly as fp8_act_quant, on every tile path (decode, Gluon, 64 x 64 padded)."""
     b, b_s = make_weight(136, 520, (128, 128), gen, device)
     x = make_activation((m, 520), dtype, gen, device)
     fused = fp8.matmul_2d(x, b, b_s, [128, 128], torch.float32)
