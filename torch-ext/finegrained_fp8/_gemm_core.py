@@ -91,9 +91,10 @@ def scaled_tile_product(
     every step for a load's latency (H200 A/B: 0.85-0.96x the time at dense M = 64, 0.92-1.00x on
     MoE decode at 1-2 tokens, level elsewhere).
     Quantizing raw rows here instead was measured 1.0-5.7x slower on the H100 with a division per
-    element, and 1.2-2.2x slower on the H200 at decode sizes with one per group (benchmarks/RESULTS.md,
-    tenth session): each step's codes go through shared memory before its dot, in series with it,
-    and every weight tile's program repeats the same rows. So callers quantize first.
+    element, and on the H200 with one per group 1.15-2.2x slower on 16-row token tiles and 2.3-4.4x
+    on 32- and 64-row ones (benchmarks/RESULTS.md, tenth session): each step's codes go through
+    shared memory before its dot, in series with it, and every weight tile's program repeats the
+    same rows. So callers quantize first.
     """
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PER_K_SCALE:

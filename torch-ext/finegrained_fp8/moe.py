@@ -23,7 +23,7 @@ row over all of K in per-tensor mode), one launch over the S rows, so codes and 
 the H100 (DeepSeek-V3 gate_up, 1 token: 151 us fused vs 92 us; 4096 tokens: 27.8 ms vs 4.8 ms),
 and inside ``_few_rows_kernel`` 2.4-6.0x slower on the H200 at 1-2 tokens: every weight tile's
 program repeats the IEEE divisions of the same rows. With one division per group it is still
-1.2-2.2x slower (H200, 1-128 tokens): each K step's codes pass through shared memory before its dot.
+1.15-2.2x slower (H200, 1-128 tokens): each K step's codes pass through shared memory before its dot.
 """
 
 from __future__ import annotations
