@@ -355,6 +355,10 @@ def _moe_module(fp8):
         (1, 300, 384, 512, "balanced"),
         (256, 20000, 256, 256, "balanced"),  # every expert busy
         (131, 9000, 4096, 4096, "last two"),  # E * N * K > 2**31
+        # Experts' last tiles of 1, 63, 64, 65, 128 and 127 rows: those of at most 64 rows are paired, two
+        # in one token tile and the third alone; 3 weight tiles, and 2 with an N tail
+        (6, 1088, 384, 1152, "remainders"),
+        (6, 1088, 200, 2096, "remainders"),
     ],
 )
 def test_grouped_wgmma_kernel_matches_plain_triton_twin(fp8, gen, experts, rows, n, k, routing):
@@ -370,7 +374,10 @@ def test_grouped_wgmma_kernel_matches_plain_triton_twin(fp8, gen, experts, rows,
     else:
         b, bs = make_expert_weights(experts, n, k, BLOCK, gen, "cuda")
         ids = torch.randint(0, experts, (rows,), generator=gen)
-        if routing == "skewed":
+        if routing == "remainders":
+            counts = torch.tensor([129, 191, 192, 193, 256, 127])
+            ids = torch.repeat_interleave(torch.arange(experts), counts)[torch.randperm(rows, generator=gen)]
+        elif routing == "skewed":
             ids[: rows // 2] = 0
             ids[ids == 2] = 3  # expert 2 stays empty
             ids[-37:] = experts  # sentinels: a tail of rows no expert owns

@@ -58,8 +58,8 @@ _GROUPED_TMA_STORE_MAX_K = 1024
 # The loader warp only computes addresses, but the per-tile expert lookup of grouped calls needs more
 # than the 24 a warp can be given: with 24 it spilled over 256 experts, and DeepSeek-V3 grouped GEMMs
 # (H100, 4096 and 8192 tokens) ran 450-694 TFLOPS against 507-698 with 40 (32: in between). With 40
-# the lookup still keeps 3 registers in local memory on 128-token tiles (6 requests per tile, L1-cached);
-# 48 registers remove them but ran 1.00-1.10x slower in a same-process A/B (H200, 2026-12-02).
+# it spilled 3 registers on 128-token tiles until the lookup held the experts 8 to a thread (see
+# ``_expert_rows``); 48 had removed them but ran 1.00-1.10x slower (H200, same-process A/B, 2026-12-02).
 _LOADER_REGISTERS = gl.constexpr(40)
 # Dense calls on 64 x 64 tiles whose last token tile would miss at least this many rows of x read a
 # copy of x padded with zero rows to whole tiles (see ``_whole_token_tiles``).
@@ -76,8 +76,13 @@ def _expert_rows(pid_m, ends_ptr, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: g
     """(expert, first row, end row) of token tile ``pid_m`` when expert e owns rows [ends[e - 1],
     ends[e]) cut into tiles of BLOCK_M (the Gluon form of ``moe._expert_tile``: the tile table is
     a prefix sum of per-expert tile counts, rebuilt from one vector load). Surplus tiles get
-    expert >= num_experts."""
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    expert >= num_experts.
+
+    Every warp of the partition holds all BLOCK_E experts (8 per thread over 256), so the scans and
+    sums stay within a warp: spread over the partition's warps they crossed them through shared
+    memory and barriers, once per tile in every partition (H200, same-process A/B, 2026-12-03:
+    grouped Qwen3-30B and DeepSeek-V3 down 4-5% faster, DeepSeek-V3 gate_up level)."""
+    layout: gl.constexpr = gl.BlockedLayout([BLOCK_E // 32], [32], [gl.num_warps()], [0])
     e = gl.arange(0, BLOCK_E, layout=layout)
     valid = e < num_experts
     ends = gl.load(ends_ptr + e, mask=valid, other=0).to(gl.int32)
