@@ -355,8 +355,8 @@ def _moe_module(fp8):
         (1, 300, 384, 512, "balanced"),
         (256, 20000, 256, 256, "balanced"),  # every expert busy
         (131, 9000, 4096, 4096, "last two"),  # E * N * K > 2**31
-        # Experts' last tiles of 1, 63, 64, 65, 128 and 127 rows: those of at most 64 rows are paired, two
-        # in one token tile and the third alone; 3 weight tiles, and 2 with an N tail
+        # Experts' last tiles of 1, 63, 64, 65, 128 and 127 rows, against 3 weight tiles and against 2
+        # with an N tail
         (6, 1088, 384, 1152, "remainders"),
         (6, 1088, 200, 2096, "remainders"),
     ],
