@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: install the carried `kernels` wheels, build, run the whole test suite
-# (GPU tests included), optionally the tile sweep, then the benchmark table (printed last).
-# Logs and results go to $OUT (the device tool brings them back). Usage: scripts/device_run.sh [--sweep] [--no-tests]
+# (GPU tests included), optionally the tile sweep, then the benchmark table (printed last). Where the
+# newest loader's wheels are carried too (.whl-newest/, from device-wheels/kernels-0.17), the `kernels_ci`
+# tests run again under it. Logs and results go to $OUT (the device tool brings them back).
+# Usage: scripts/device_run.sh [--sweep] [--no-tests]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/out}"
@@ -14,6 +16,11 @@ sweep=0; tests=1
 for a in "$@"; do case "$a" in --sweep) sweep=1;; --no-tests) tests=0;; esac; done
 if [ $tests = 1 ]; then
   python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
+  if compgen -G ".whl-newest/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target .site-newest .whl-newest/*.whl
+    PYTHONPATH=$PWD/.site-newest python3 -m pytest tests -q -m kernels_ci -p no:cacheprovider -rN 2>&1 |
+      tee "$OUT/tests-kernels-newest.log" | tail -3
+  fi
 fi
 if [ $sweep = 1 ]; then
   python3 benchmarks/sweep_tiles.py 2>&1 | tee "$OUT/sweep.log"

@@ -8,6 +8,7 @@ temporary directory and obtained through ``kernels.get_kernel`` with ``LOCAL_KER
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -87,7 +88,10 @@ RUN_SEED = int(os.environ.get("FP8_TEST_SEED", int.from_bytes(os.urandom(4), "li
 
 
 def pytest_report_header(config) -> str:
-    return f"finegrained-fp8: backend={BACKEND}, random data seed FP8_TEST_SEED={RUN_SEED}"
+    import kernels
+
+    loader = f"kernels {importlib.metadata.version('kernels')} ({Path(kernels.__file__).parent})"
+    return f"finegrained-fp8: backend={BACKEND}, {loader}, random data seed FP8_TEST_SEED={RUN_SEED}"
 
 
 @pytest.fixture

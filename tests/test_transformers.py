@@ -8,7 +8,7 @@
 - Generation 1 (Transformers 5.4-5.10, here 5.9: ``fp8_act_quant``, ``w8a8_fp8_matmul*``), injection
   path: that release needs a ``kernels`` release older than 0.13, which cannot read this build, so the
   build is imported as a plain package and put into ``hub_kernels._KERNEL_MODULE_MAPPING``, where
-  Transformers' loader finds it. ``scripts/test_transformers_gen1.sh`` runs this file that way.
+  Transformers' loader finds it. ``scripts/test_pinned.sh requirements-gen1.txt`` runs this file that way.
 
 The ``transformers_fp8`` fixture checks that the functions Transformers resolved are this build's.
 """
