@@ -6,7 +6,8 @@ compiled): ``python compile_gluon.py PACKAGE_DIR CASES_JSON``, where each case i
 (grouped over 256 experts when dense_n is null), with its arguments specialized as a launch of that
 case specializes them. Prints one JSON object per case: the tiles, what a launch
 needs (threads, registers per thread, shared memory per program), the SASS instructions that touch
-local memory (register spills), and whether ptxas serializes the wgmmas.
+local memory (register spills), the waits that leave a wgmma running, and whether ptxas serializes
+the wgmmas.
 """
 
 from __future__ import annotations
@@ -66,10 +67,14 @@ def _tool_output(tool: str, data: bytes, suffix: str, *args: str) -> str:
     return run.stdout + run.stderr
 
 
-def local_memory_instructions(cubin: bytes) -> int:
-    """How many SASS instructions load or store local memory (spilled registers) in ``cubin``."""
-    sass = _tool_output(triton.knobs.nvidia.nvdisasm.path, cubin, ".cubin", "-c")
+def local_memory_instructions(sass: str) -> int:
+    """How many SASS instructions load or store local memory (spilled registers)."""
     return len(re.findall(r"\b(?:LDL|STL)\b", sass))
+
+
+def waits_leaving_one_wgmma(sass: str) -> int:
+    """How many SASS waits let one wgmma group run on (two products in flight: ``_k_blocks_in_pairs``)."""
+    return len(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1\b", sass))
 
 
 def wgmma_serialized(ptx: str) -> bool:
@@ -124,13 +129,15 @@ def compile_case(wgmma, tiles_module, m: int, k: int, dense_n: int | None, ue8m0
     constexprs |= {(names.index(name),): value for name, value in constants.items()}
     source = GluonASTSource(fn=wgmma._gemm_wgmma_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(source, target=HOPPER, options={"num_warps": 4, "maxnreg": tiles.max_registers})
+    sass = _tool_output(triton.knobs.nvidia.nvdisasm.path, kernel.asm["cubin"], ".cubin", "-c")
     return {
         "tiles": [tiles.block_m, tiles.block_n, tiles.stages, tiles.programs_per_sm, tiles.max_registers],
         "threads": kernel.metadata.num_warps * 32,
         "shared": kernel.metadata.shared,
         "wgmma": kernel.asm["ptx"].count("wgmma.mma_async"),
         "tma_stores": kernel.asm["ptx"].count("cp.async.bulk.tensor.2d.global.shared"),
-        "local_memory_instructions": local_memory_instructions(kernel.asm["cubin"]),
+        "local_memory_instructions": local_memory_instructions(sass),
+        "waits_leaving_one_wgmma": waits_leaving_one_wgmma(sass),
         "wgmma_serialized": wgmma_serialized(kernel.asm["ptx"]),
     }
 

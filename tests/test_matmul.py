@@ -297,9 +297,9 @@ def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
     an SM's registers and shared memory (a configuration over either fails only at launch, on the
     GPU), its tiles leave through one TMA copy per math warpgroup where ``stores_through_tma`` says
     so, else through stores from registers, and ptxas keeps the wgmmas of a K block in one chain (no
-    serialization). Nothing spills registers (no instruction touches local memory): the grouped
-    expert lookup over 256 experts spilled in the loader warp until it held the experts 8 to a
-    thread."""
+    serialization), with two K blocks' wgmmas in flight on 128-token tiles. Nothing spills registers
+    (no instruction touches local memory): the grouped expert lookup over 256 experts spilled in the
+    loader warp until it held the experts 8 to a thread."""
     # (m, k, dense n or None for grouped over 256 experts, UE8M0 weight scales, out dtype) -> the shipped
     # (block_m, block_n, stages, programs per SM), TMA stores per math warpgroup
     cases = {
@@ -309,14 +309,14 @@ def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
         (200, 1040, 328, True, "bf16"): ([128, 128, 4, 1], 1),
         (180, 1040, 328, False, "bf16"): ([64, 128, 3, 2], 1),
         (250, 7168, 18432, False, "bf16"): ([128, 128, 4, 1], 1),
-        (1000, 7168, 18432, False, "bf16"): ([128, 128, 3, 1], 1),
+        (1000, 7168, 18432, False, "bf16"): ([128, 128, 4, 1], 1),
         (1000, 1536, 24576, False, "fp16"): ([128, 128, 4, 1], 1),
         (1100, 512, 2304, True, "fp32"): ([128, 128, 4, 1], 0),
         (100, 512, None, True, "bf16"): ([64, 128, 3, 2], 1),
         (100, 512, None, True, "fp32"): ([64, 128, 3, 2], 0),
         (600, 768, None, False, "bf16"): ([128, 128, 4, 1], 1),
         (600, 768, None, False, "fp32"): ([128, 128, 4, 1], 0),
-        (300, 7168, None, False, "bf16"): ([128, 128, 3, 1], 0),
+        (300, 7168, None, False, "bf16"): ([128, 128, 4, 1], 0),
         (300, 2048, None, False, "bf16"): ([128, 128, 4, 1], 0),
     }
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
@@ -335,6 +335,8 @@ def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
         assert result["wgmma"] > 0, case
         assert result["tma_stores"] == tma_stores * tiles[0] // 64, (case, result)
         assert result["local_memory_instructions"] == 0, (case, result)
+        # 128-token tiles keep two K blocks' products in flight per math warpgroup, 64-token tiles one.
+        assert (result["waits_leaving_one_wgmma"] > 0) == (tiles[0] == 128), (case, result)
         assert not result["wgmma_serialized"], (case, result)
         assert per_sm * result["threads"] * max_registers <= _SM_REGISTERS, (case, result)
         assert per_sm * (result["shared"] + _BLOCK_RESERVED_SHARED_BYTES) <= _SM_SHARED_BYTES, (case, result)

@@ -96,9 +96,6 @@ _WGMMA_DENSE_NARROW_MAX_M = 192
 # ... and grouped calls 64 x 128 tiles up to this many rows per expert, where K is at most this.
 _WGMMA_GROUPED_NARROW_MAX_M = 256
 _WGMMA_GROUPED_NARROW_MAX_K = 1024
-# 128-token tiles take a fourth ring slot up to this K, and in dense calls up to this many tokens.
-_WGMMA_FOUR_STAGES_MAX_K = 2048
-_WGMMA_DENSE_FOUR_STAGES_MAX_M = 256
 
 
 @dataclass(frozen=True)
@@ -130,12 +127,14 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
       they are 1.5-1.6x faster on 18432x7168 at M = 160 and 192 and at most 5% slower elsewhere
       there, but at M = 256 128 x 128 tiles with 4 stages are 3-20% faster (with 3 stages they are
       not): so dense calls of 193-256 tokens take those;
-    - otherwise 128 x 128 tiles, one program per SM, 3 stages (dense 920-1115 TFLOPS at M >= 1024
-      on the long-K shapes) or 4 where K <= 2048 (K = 1536: 919-999 against 836-924 with 3: each
-      tile has few K blocks, so the ring must reach further into the next tile while the math
-      warps store). Grouped, they beat 64-token tiles even at 128 rows per expert where K is
-      large: DeepSeek-V3 gate_up (K = 7168) 517-718 against 282-369, Qwen3 gate_up (K = 2048)
-      728-751 against 617-649.
+    - otherwise 128 x 128 tiles, one program per SM, 4 stages. Grouped, they beat 64-token tiles
+      even at 128 rows per expert where K is large: DeepSeek-V3 gate_up (K = 7168) 517-718 against
+      282-369, Qwen3 gate_up (K = 2048) 728-751 against 617-649. Their math warpgroups take the K
+      blocks two at a time (``_wgmma._k_blocks_in_pairs``), which needs the fourth slot: with 3 the
+      long-K dense shapes were 1.21-1.38x slower (H200, 2026-12-04). Before the pairs, 3 stages were
+      as fast on long K (dense 920-1115 TFLOPS at M >= 1024) and 4 faster where K <= 2048 (K = 1536:
+      919-999 against 836-924: each tile has few K blocks, so the ring must reach further into the
+      next tile while the math warps store).
     """
     if m <= DECODE_MAX_M:
         return None
@@ -149,9 +148,7 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
         narrow = m <= _WGMMA_GROUPED_NARROW_MAX_M and k <= _WGMMA_GROUPED_NARROW_MAX_K
     if narrow:
         return WgmmaTiles(block_m=64, block_n=128, stages=3, programs_per_sm=2, max_registers=128)
-    few_dense_tokens = dense_n is not None and m <= _WGMMA_DENSE_FOUR_STAGES_MAX_M
-    stages = 4 if k <= _WGMMA_FOUR_STAGES_MAX_K or few_dense_tokens else 3
-    return WgmmaTiles(block_m=128, block_n=128, stages=stages, programs_per_sm=1, max_registers=168)
+    return WgmmaTiles(block_m=128, block_n=128, stages=4, programs_per_sm=1, max_registers=168)
 
 
 def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:

@@ -5,7 +5,8 @@ before it is scaled, and Triton 3.6 then leaves the tensor cores idle between bl
 the plain-Triton kernel at 520-580 TFLOPS on DeepSeek-V3 prefill shapes). Here the pipeline is
 explicit: a loader warp's TMA copies fill a ring of ``STAGES`` shared-memory slots, each ready slot
 feeds one ``wgmma`` per math warpgroup (one or two, 64 token rows each, each its own partition),
-and the next copies are issued while that wgmma runs. The numerics are those of the plain-Triton
+and the next copies are issued while that wgmma runs (with two math warpgroups each keeps two K
+blocks' wgmmas in flight). The numerics are those of the plain-Triton
 kernel (``_gemm_core``): a fresh FP8 product per K block, scaled by its activation and weight
 scales and added in float32.
 
@@ -61,6 +62,10 @@ _GROUPED_TMA_STORE_MAX_K = 1024
 # it spilled 3 registers on 128-token tiles until the lookup held the experts 8 to a thread (see
 # ``_expert_rows``); 48 had removed them but ran 1.00-1.10x slower (H200, same-process A/B, 2026-12-02).
 _LOADER_REGISTERS = gl.constexpr(40)
+# The second math warpgroup of 128-token tiles (a worker partition; the first is the default one and
+# gets what is left of the launch's registers, 240 here): two products in flight need 64 x 128 float32
+# values each besides the accumulator (``_k_blocks_in_pairs``); with 208 ptxas spilled, 216 and up not.
+_SECOND_MATH_REGISTERS = gl.constexpr(224)
 # Dense calls on 64 x 64 tiles whose last token tile would miss at least this many rows of x read a
 # copy of x padded with zero rows to whole tiles (see ``_whole_token_tiles``).
 _PAD_MIN_MISSING_ROWS = 32
@@ -271,6 +276,42 @@ def _store_tile(acc, out_desc, out_buf, out_ptr, first, row_end, col0, N, stride
         tma.async_copy_shared_to_global(out_desc, [first, col0], out_buf)
 
 
+@gluon.constexpr_function
+def _k_blocks_in_pairs(block_m: int) -> bool:
+    """Whether each math warpgroup runs the K blocks two at a time (``_tile_product``): on 128-token
+    tiles, where the second math warpgroup has the registers for two products in flight.
+    H200, same-process A/B against one block at a time (2026-12-04, outputs bitwise equal), with 4
+    ring slots: dense 18432x7168 and 7168x18432 at M = 1024 and 4096 0.91-0.94x the time, 24576x1536
+    0.98-1.00x, grouped DeepSeek-V3 gate_up (8192 and 4096 tokens) 0.93-0.96x. With 3 slots it was
+    1.21-1.38x slower on the long-K dense shapes (a warpgroup holding two slots left the loader one);
+    4 slots alone, one block at a time, 0.98-1.03x. On 64-token tiles (one math warpgroup) pairs
+    were 4-12% slower."""
+    return block_m == 2 * _GROUP_ROWS.value
+
+
+@gluon.jit
+def _start_product(ring, step, acc, X_ROW: gl.constexpr, W_ROW: gl.constexpr, WIDTH: gl.constexpr):
+    """Wait until the ring slot of K block ``step`` is filled, then start its wgmma into a fresh
+    product (asynchronous; ``acc`` only gives the product's layout). Returns (product, slot, x_rows,
+    w_rows): rows [X_ROW, X_ROW + _GROUP_ROWS) of the slot's token tile and [W_ROW, W_ROW + WIDTH)
+    of its weight tile, which the wgmma reads until it is waited for."""
+    x_ring, w_ring, ready, _ = ring
+    slot, phase = _ring_slot(step, x_ring.type.shape[0])
+    mbarrier.wait(ready.index(slot), phase)
+    x_rows = x_ring.index(slot).slice(X_ROW, _GROUP_ROWS)
+    w_rows = w_ring.index(slot).slice(W_ROW, WIDTH)
+    product = warpgroup_mma(x_rows, w_rows.permute((1, 0)), acc, use_acc=False, is_async=True)
+    return product, slot, x_rows, w_rows
+
+
+@gluon.jit
+def _block_scales(scales, xs_rows, kb, WS_UE8M0: gl.constexpr):
+    """Float32 [_GROUP_ROWS]: K block ``kb``'s activation scale of each token row times the weight
+    tile's scale (``scales`` and ``xs_rows`` as in ``_tile_product``)."""
+    _, _, stride_xsk, ws_tile, stride_wsk = scales
+    return gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
+
+
 @gluon.jit
 def _tile_product(ring, scales, step, k_steps, first, end, M, X_ROW: gl.constexpr, W_ROW: gl.constexpr,
                   WIDTH: gl.constexpr, WS_UE8M0: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
@@ -279,23 +320,34 @@ def _tile_product(ring, scales, step, k_steps, first, end, M, X_ROW: gl.constexp
     rows [W_ROW, W_ROW + WIDTH) of their weight tile, over ``k_steps`` K blocks. Per K block one
     wgmma into a fresh product, then the product scaled by its token rows' and weight tile's
     scales added in float32; the slot goes back to the loader once read (by every math warpgroup).
+    On 128-token tiles (``_k_blocks_in_pairs``) the wgmmas of two K blocks are started before the
+    first product is scaled, so the second runs while the first is added; the additions keep their
+    order, so the result is that of one block at a time.
     ``ring``: (x_ring, w_ring, ready, empty); ``scales``: (xs_ptr, stride_xsm, stride_xsk, ws_tile,
     stride_wsk), ws_tile pointing at the weight tile's first scale."""
-    x_ring, w_ring, ready, empty = ring
-    xs_ptr, stride_xsm, stride_xsk, ws_tile, stride_wsk = scales
-    STAGES: gl.constexpr = x_ring.type.shape[0]
+    x_ring = ring[0]
+    empty = ring[3]
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, WIDTH, 32]
     )
-    xs_rows = _row_scales(xs_ptr, first, end, M, stride_xsm, gl.SliceLayout(1, acc_layout))
+    xs_rows = _row_scales(scales[0], first, end, M, scales[1], gl.SliceLayout(1, acc_layout))
     acc = gl.zeros((_GROUP_ROWS, WIDTH), dtype=gl.float32, layout=acc_layout)
-    for kb in range(k_steps):
-        slot, phase = _ring_slot(step, STAGES)
-        mbarrier.wait(ready.index(slot), phase)
-        x_rows = x_ring.index(slot).slice(X_ROW, _GROUP_ROWS)
-        w_rows = w_ring.index(slot).slice(W_ROW, WIDTH)
-        product = warpgroup_mma(x_rows, w_rows.permute((1, 0)), acc, use_acc=False, is_async=True)
-        scale = gl.load(xs_rows + kb * stride_xsk) * decode_scale(gl.load(ws_tile + kb * stride_wsk), WS_UE8M0)
+    pairs = k_steps // 2 if _k_blocks_in_pairs(x_ring.type.shape[1]) else 0
+    for pair in range(pairs):
+        first_product, first_slot, first_x, first_w = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
+        second_product, second_slot, second_x, second_w = _start_product(ring, step + 1, acc, X_ROW, W_ROW, WIDTH)
+        first_scale = _block_scales(scales, xs_rows, 2 * pair, WS_UE8M0)
+        second_scale = _block_scales(scales, xs_rows, 2 * pair + 1, WS_UE8M0)
+        first_product = warpgroup_mma_wait(1, deps=(first_product, first_x, first_w))[0]
+        mbarrier.arrive(empty.index(first_slot), count=1)
+        acc += first_product * first_scale[:, None]
+        second_product = warpgroup_mma_wait(0, deps=(second_product, second_x, second_w))[0]
+        mbarrier.arrive(empty.index(second_slot), count=1)
+        acc += second_product * second_scale[:, None]
+        step += 2
+    for kb in range(2 * pairs, k_steps):
+        product, slot, x_rows, w_rows = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
+        scale = _block_scales(scales, xs_rows, kb, WS_UE8M0)
         product = warpgroup_mma_wait(0, deps=(product, x_rows, w_rows))[0]
         mbarrier.arrive(empty.index(slot), count=1)
         acc += product * scale[:, None]
@@ -381,7 +433,6 @@ def _gemm_wgmma_kernel(
     STAGES: gl.constexpr,
     WS_UE8M0: gl.constexpr,
     TMA_STORE: gl.constexpr,
-    MATH_REGISTERS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Persistent: each program takes output tiles [BLOCK_M tokens, BLOCK_N columns] in turn.
@@ -426,7 +477,7 @@ def _gemm_wgmma_kernel(
                 (_load_partition, (load_operands, GROUP_M, BLOCK_E)),
             ],
             [4, 1],
-            [MATH_REGISTERS, _LOADER_REGISTERS],
+            [_SECOND_MATH_REGISTERS, _LOADER_REGISTERS],
         )
     else:
         gl.warp_specialize(
@@ -518,7 +569,6 @@ def _kernel_constants(tiles: WgmmaTiles, experts: int, grouped: bool, ws_ue8m0: 
         "STAGES": tiles.stages,
         "WS_UE8M0": ws_ue8m0,
         "TMA_STORE": tma_store,
-        "MATH_REGISTERS": tiles.max_registers,
         "num_warps": 4,
     }
 
