@@ -281,11 +281,11 @@ def _k_blocks_in_pairs(block_m: int) -> bool:
     """Whether each math warpgroup runs the K blocks two at a time (``_tile_product``): on 128-token
     tiles, where the second math warpgroup has the registers for two products in flight.
     H200, same-process A/B against one block at a time (2026-12-04, outputs bitwise equal), with 4
-    ring slots: dense 18432x7168 and 7168x18432 at M = 1024 and 4096 0.91-0.94x the time, 24576x1536
-    0.98-1.00x, grouped DeepSeek-V3 gate_up (8192 and 4096 tokens) 0.93-0.96x. With 3 slots it was
-    1.21-1.38x slower on the long-K dense shapes (a warpgroup holding two slots left the loader one);
-    4 slots alone, one block at a time, 0.98-1.03x. On 64-token tiles (one math warpgroup) pairs
-    were 4-12% slower."""
+    ring slots: dense 18432x7168 and 7168x18432 at M = 1024 and 4096 0.90-0.97x the time, grouped
+    DeepSeek-V3 gate_up (8192 and 4096 tokens) 0.93-0.96x, K <= 2048 within the runs' spread
+    (0.97-1.05x). With 3 slots it was 1.21-1.38x slower on the long-K dense shapes (a warpgroup
+    holding two slots left the loader one); 4 slots alone, one block at a time, 0.98-1.04x. On
+    64-token tiles (one math warpgroup) pairs were 4-12% slower (benchmarks/RESULTS.md)."""
     return block_m == 2 * _GROUP_ROWS.value
 
 
