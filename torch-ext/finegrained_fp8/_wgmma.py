@@ -5,10 +5,9 @@ before it is scaled, and Triton 3.6 then leaves the tensor cores idle between bl
 the plain-Triton kernel at 520-580 TFLOPS on DeepSeek-V3 prefill shapes). Here the pipeline is
 explicit: a loader warp's TMA copies fill a ring of ``STAGES`` shared-memory slots, each ready slot
 feeds one ``wgmma`` per math warpgroup (one or two, 64 token rows each, each its own partition),
-and the next copies are issued while that wgmma runs (with two math warpgroups each keeps two K
-blocks' wgmmas in flight). The numerics are those of the plain-Triton
-kernel (``_gemm_core``): a fresh FP8 product per K block, scaled by its activation and weight
-scales and added in float32.
+and the next copies are issued while that wgmma runs (with two math warpgroups, each keeps two K
+blocks' wgmmas in flight). The numerics are those of the plain-Triton kernel (``_gemm_core``): a
+fresh FP8 product per K block, scaled by its activation and weight scales and added in float32.
 
 Gluon does not run under Triton's interpreter, so the plain-Triton kernel is the twin CI tests;
 a GPU test pins the two to each other. Gluon launches cannot be traced by torch.compile, so traced
@@ -325,8 +324,7 @@ def _tile_product(ring, scales, step, k_steps, first, end, M, X_ROW: gl.constexp
     order, so the result is that of one block at a time.
     ``ring``: (x_ring, w_ring, ready, empty); ``scales``: (xs_ptr, stride_xsm, stride_xsk, ws_tile,
     stride_wsk), ws_tile pointing at the weight tile's first scale."""
-    x_ring = ring[0]
-    empty = ring[3]
+    x_ring, _, _, empty = ring
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, WIDTH, 32]
     )
