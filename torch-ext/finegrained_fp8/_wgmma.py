@@ -304,6 +304,17 @@ def _start_product(ring, step, acc, X_ROW: gl.constexpr, W_ROW: gl.constexpr, WI
 
 
 @gluon.jit
+def _finish_product(acc, started, scale, empty, STILL_RUNNING: gl.constexpr):
+    """``acc`` plus the product of ``started`` (what ``_start_product`` returned) scaled by ``scale``
+    [_GROUP_ROWS], once its wgmma is done (the STILL_RUNNING wgmmas started after it may run on);
+    its ring slot goes back to the loader as soon as the wgmma has read it."""
+    product, slot, x_rows, w_rows = started
+    product = warpgroup_mma_wait(STILL_RUNNING, deps=(product, x_rows, w_rows))[0]
+    mbarrier.arrive(empty.index(slot), count=1)
+    return acc + product * scale[:, None]
+
+
+@gluon.jit
 def _block_scales(scales, xs_rows, kb, WS_UE8M0: gl.constexpr):
     """Float32 [_GROUP_ROWS]: K block ``kb``'s activation scale of each token row times the weight
     tile's scale (``scales`` and ``xs_rows`` as in ``_tile_product``)."""
@@ -325,30 +336,25 @@ def _tile_product(ring, scales, step, k_steps, first, end, M, X_ROW: gl.constexp
     ``ring``: (x_ring, w_ring, ready, empty); ``scales``: (xs_ptr, stride_xsm, stride_xsk, ws_tile,
     stride_wsk), ws_tile pointing at the weight tile's first scale."""
     x_ring, _, _, empty = ring
+    xs_ptr, stride_xsm, _, _, _ = scales
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, WIDTH, 32]
     )
-    xs_rows = _row_scales(scales[0], first, end, M, scales[1], gl.SliceLayout(1, acc_layout))
+    xs_rows = _row_scales(xs_ptr, first, end, M, stride_xsm, gl.SliceLayout(1, acc_layout))
     acc = gl.zeros((_GROUP_ROWS, WIDTH), dtype=gl.float32, layout=acc_layout)
     pairs = k_steps // 2 if _k_blocks_in_pairs(x_ring.type.shape[1]) else 0
     for pair in range(pairs):
-        first_product, first_slot, first_x, first_w = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
-        second_product, second_slot, second_x, second_w = _start_product(ring, step + 1, acc, X_ROW, W_ROW, WIDTH)
+        first_block = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
+        second_block = _start_product(ring, step + 1, acc, X_ROW, W_ROW, WIDTH)
         first_scale = _block_scales(scales, xs_rows, 2 * pair, WS_UE8M0)
         second_scale = _block_scales(scales, xs_rows, 2 * pair + 1, WS_UE8M0)
-        first_product = warpgroup_mma_wait(1, deps=(first_product, first_x, first_w))[0]
-        mbarrier.arrive(empty.index(first_slot), count=1)
-        acc += first_product * first_scale[:, None]
-        second_product = warpgroup_mma_wait(0, deps=(second_product, second_x, second_w))[0]
-        mbarrier.arrive(empty.index(second_slot), count=1)
-        acc += second_product * second_scale[:, None]
+        acc = _finish_product(acc, first_block, first_scale, empty, 1)
+        acc = _finish_product(acc, second_block, second_scale, empty, 0)
         step += 2
     for kb in range(2 * pairs, k_steps):
-        product, slot, x_rows, w_rows = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
+        started = _start_product(ring, step, acc, X_ROW, W_ROW, WIDTH)
         scale = _block_scales(scales, xs_rows, kb, WS_UE8M0)
-        product = warpgroup_mma_wait(0, deps=(product, x_rows, w_rows))[0]
-        mbarrier.arrive(empty.index(slot), count=1)
-        acc += product * scale[:, None]
+        acc = _finish_product(acc, started, scale, empty, 0)
         step += 1
     return acc, step
 
