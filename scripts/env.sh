@@ -15,3 +15,9 @@ else
   export TRITON_INTERPRET=1
 fi
 export PY ROOT
+# pytest arguments for the scripts that run tests: through the interpreter the suite is CPU-bound and
+# single-threaded, so one worker per core.
+PYTEST_WORKERS=()
+if [ "${TRITON_INTERPRET:-0}" = 1 ]; then
+  PYTEST_WORKERS=(-n auto)
+fi

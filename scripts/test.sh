@@ -5,7 +5,4 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 "$PY" scripts/build.py --backend "$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" --dev >/dev/null
-# Through the interpreter the suite is CPU-bound and single-threaded: one pytest worker per core.
-workers=()
-[ "${TRITON_INTERPRET:-0}" = 1 ] && workers=(-n auto)
-exec "$PY" -m pytest tests -q "${workers[@]}" "$@"
+exec "$PY" -m pytest tests -q "${PYTEST_WORKERS[@]}" "$@"

@@ -17,6 +17,4 @@ if ! cmp -s "$REQUIREMENTS" "$SIDE/$(basename "$REQUIREMENTS")"; then
   "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$SIDE" -r "$REQUIREMENTS"
   cp "$REQUIREMENTS" "$SIDE/"
 fi
-workers=()
-[ "${TRITON_INTERPRET:-0}" = 1 ] && workers=(-n auto)
-PYTHONPATH="$SIDE" "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" "$@"
+PYTHONPATH="$SIDE" "$PY" -m pytest -q -p no:cacheprovider "${PYTEST_WORKERS[@]}" "$@"
