@@ -38,9 +38,10 @@ PER_TENSOR = ["w8a8_tensor_fp8_matmul", "w8a8_tensor_fp8_matmul_batched", "w8a8_
 ENTRY_POINTS = ["fp8_act_quant", *DENSE, *MOE, *PER_TENSOR]
 
 
-def valid_call(name: str, device: str) -> dict:
-    """Keyword arguments of a valid call of entry point ``name`` (S = M = 6 rows, K = 256, N = 64, E = 4)."""
-    x = torch.randn(6, 256, device=device, dtype=torch.bfloat16)
+def valid_call(name: str, device: str, rows: int = 6) -> dict:
+    """Keyword arguments of a valid call of entry point ``name`` (S = M = ``rows``, K = 256, N = 64, E = 4;
+    every MoE row goes to expert 0)."""
+    x = torch.randn(rows, 256, device=device, dtype=torch.bfloat16)
     if name == "fp8_act_quant":
         return {"x": x, "block_size": 128}
     experts = name.endswith(("batched", "grouped"))
@@ -53,12 +54,12 @@ def valid_call(name: str, device: str) -> dict:
     if not per_tensor:
         call["block_size"] = BLOCK
     if name.endswith("batched"):
-        call |= {"A": x, "expert_ids": torch.zeros(6, dtype=torch.int64, device=device)}
+        call |= {"A": x, "expert_ids": torch.zeros(rows, dtype=torch.int64, device=device)}
     elif name.endswith("grouped"):
-        offsets = torch.tensor([6, 6, 6, 6], dtype=torch.int32, device=device)
-        call |= {"A": x, "offsets": offsets, "tokens_per_expert": torch.tensor([6.0, 0, 0, 0], device=device)}
+        offsets = torch.tensor([rows] * 4, dtype=torch.int32, device=device)
+        call |= {"A": x, "offsets": offsets, "tokens_per_expert": torch.tensor([rows, 0.0, 0, 0], device=device)}
     elif name.startswith("w8a8"):
-        call |= {"A": x.to(FP8), "As": torch.ones((6,) if per_tensor else (6, 2), device=device)}
+        call |= {"A": x.to(FP8), "As": torch.ones((rows,) if per_tensor else (rows, 2), device=device)}
     else:
         call |= {"A": x}
     return call
@@ -181,9 +182,9 @@ requires_two_gpus = pytest.mark.skipif(
 )
 
 
-def _random_call(name: str, gen: torch.Generator) -> dict:
+def _random_call(name: str, gen: torch.Generator, rows: int) -> dict:
     """``valid_call`` on the CPU with random activations and weight codes instead of ones and zeros."""
-    call = valid_call(name, "cpu")
+    call = valid_call(name, "cpu", rows)
     for key, value in call.items():
         if isinstance(value, torch.Tensor) and value.dtype in (FP8, torch.bfloat16):
             call[key] = torch.randn(value.shape, generator=gen).to(value.dtype)
@@ -199,10 +200,13 @@ def _outputs(result) -> tuple:
 
 
 @requires_two_gpus
+@pytest.mark.parametrize("rows", [6, 320], ids=["decode", "prefill"])
 @pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_launches_follow_the_inputs_gpu_not_the_current_one(fp8, gen, name):
-    """Inputs on cuda:1 while cuda:0 is current give, on cuda:1, what the call gives with cuda:1 current."""
-    call = _random_call(name, gen)
+def test_launches_follow_the_inputs_gpu_not_the_current_one(fp8, gen, name, rows):
+    """Inputs on cuda:1 while cuda:0 is current give, on cuda:1, what the call gives with cuda:1 current.
+    6 rows take the decode kernels; 320 the prefill ones (on Hopper the Gluon GEMM with 128 x 128
+    blocks, and batched calls the routing kernel)."""
+    call = _random_call(name, gen, rows)
     with torch.cuda.device(1):
         expected = getattr(fp8, name)(**_on(call, "cuda:1"))
     with torch.cuda.device(0):
