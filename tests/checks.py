@@ -1,8 +1,6 @@
-"""Shared test helpers: random operands, the tolerance check against the reference, NaN-filled allocations."""
+"""Shared test helpers: random operands and the tolerance check against the reference."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from conftest import HAS_CUDA
@@ -33,19 +31,6 @@ def make_activation(shape, dtype, gen, device, out_dtype=None):
     top = 1 if torch.float16 in (dtype, out_dtype) else 7
     x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-6, top, (*shape[:-1], 1), generator=gen).float())
     return x.to(dtype).to(device)
-
-
-@contextlib.contextmanager
-def unwritten_memory_is_nan():
-    """Inside, ``torch.empty`` fills float tensors with NaN (torch's deterministic mode), so an output
-    that a call allocates and leaves unwritten shows as NaN."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def assert_matches(out, ref, out_dtype, magnitude=None):

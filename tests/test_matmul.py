@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checks import assert_matches, make_activation, make_weight, unwritten_memory_is_nan
+from checks import assert_matches, make_activation, make_weight
 from conftest import BACKEND, HAS_CUDA, OPCHECK_UTILS, requires_cuda, requires_hopper
 from reference import (
     FP8,
@@ -161,8 +161,7 @@ def test_empty_k_is_an_empty_sum(fp8, device):
         ),
     }
     for name, call in calls.items():
-        with unwritten_memory_is_nan():
-            out = call()
+        out = call()  # allocated NaN-filled (conftest.outputs_start_as_nan): unwritten elements would show
         assert out.shape == (2, 3, 64) and torch.equal(out, torch.zeros_like(out)), name
 
 

@@ -177,6 +177,13 @@ def test_tensors_on_another_device_are_refused(fp8, name):
         getattr(fp8, name)(**call)
 
 
+def test_calls_here_allocate_their_outputs_nan_filled(device):
+    """The harness under every kernel test (conftest.outputs_start_as_nan): what a call allocates
+    starts as NaN, so an output element left unwritten cannot pass for a result."""
+    assert torch.empty(64, device=device).isnan().all()
+    assert torch.empty(8, 8, dtype=torch.bfloat16, device=device).isnan().all()
+
+
 requires_two_gpus = pytest.mark.skipif(
     not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the device tool's nvidia-h200-x2)"
 )
