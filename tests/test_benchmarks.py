@@ -1,4 +1,5 @@
-"""The `kernels benchmark` workloads in benchmarks/ pass that runner's check.
+"""The `kernels benchmark` workloads in benchmarks/ pass that runner's check; compare_builds.py
+compares outputs bit for bit.
 
 Each Benchmark class goes through the steps ``kernels benchmark <dir>`` takes per workload
 (HUB_PACKAGE.md): a fresh instance with ``kernel`` and ``device`` set, ``torch.manual_seed(seed)``,
@@ -9,11 +10,16 @@ On a GPU at the real sizes; under the CPU interpreter at small sizes of the same
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
+import os
+import sys
+import types
 
 import pytest
 import torch
+from checks import make_activation, make_weight
 from conftest import HAS_CUDA, ROOT
 from kernels.benchmark import Benchmark
 
@@ -61,3 +67,49 @@ def test_workloads_pass_the_runner_check(fp8, device, script):
             getattr(bench, f"benchmark_{workload}")()
             reference = getattr(bench, f"verify_{workload}")()
             assert torch.allclose(bench.out, reference, atol=1e-2), f"{cls.__name__}.{workload}"
+
+
+@functools.cache
+def _compare_builds_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # for its `from run import ...`
+    spec = importlib.util.spec_from_file_location("_compare_builds", ROOT / "benchmarks" / "compare_builds.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_builds_checks_outputs_bitwise_and_times_every_build(fp8, device, gen, monkeypatch, capsys):
+    """compare_builds' comparison on a small dense case, its timer replaced by one that runs each
+    build's prepared call once: a build whose output differs in one bit is reported, and each build
+    runs under its own environment setting, restored afterwards."""
+    cb = _compare_builds_module()
+    seen = []
+
+    def one_call(make_call, bytes_each, replays):
+        make_call()()
+        seen.append(os.environ.get("FP8_COMPARE_TEST"))
+        return 1e-3
+
+    monkeypatch.setattr(cb, "bench", one_call)
+    monkeypatch.delenv("FP8_COMPARE_TEST", raising=False)
+    w, ws = make_weight(64, 256, (128, 128), gen, device)
+    x = make_activation((3, 256), torch.bfloat16, gen, device)
+    case = cb.Case("prequant 64x256 M=3", lambda: (x, w, ws), cb._prequantized_matmul, 64 * 256, 0, cb._quantized_rows)
+    off_by_one_bit = types.SimpleNamespace(
+        fp8_act_quant=fp8.fp8_act_quant,
+        w8a8_block_fp8_matmul=lambda *a: (fp8.w8a8_block_fp8_matmul(*a).view(torch.int16) ^ 1).view(torch.bfloat16),
+    )
+    same = [cb.Build("A", fp8, {}), cb.Build("B", fp8, {"FP8_COMPARE_TEST": "1"})]
+    cb.compare(case, same, reps=2)
+    cb.compare(case, [cb.Build("A", fp8, {}), cb.Build("C", off_by_one_bit, {})], reps=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("equal") and not lines[0].endswith("DIFFERENT")
+    assert lines[1].endswith("DIFFERENT")
+    assert sorted(map(str, seen[:4])) == ["1", "1", "None", "None"] and "FP8_COMPARE_TEST" not in os.environ
+
+
+@pytest.mark.parametrize("spec", ["A", "=dir", "A=dir:NOVALUE", "A=dir:=1"])
+def test_compare_builds_refuses_malformed_build_specs(spec):
+    with pytest.raises(SystemExit, match="is"):
+        _compare_builds_module().parse_build(spec)
