@@ -32,7 +32,16 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from run import DENSE_SHAPES, MOE_SHAPES, TOP_K, bench, grouped_inputs, random_weight, top_k_routing
+from run import (
+    DENSE_SHAPES,
+    MOE_SHAPES,
+    TOP_K,
+    bench,
+    grouped_inputs,
+    random_expert_weights,
+    random_weight,
+    top_k_routing,
+)
 
 CASE_KINDS = ("dense", "fused", "grouped", "batched")
 DEFAULT_M = [1, 16, 128, 1024, 4096]
@@ -128,15 +137,8 @@ def _prequantized_matmul(fp8: ModuleType, inputs: tuple) -> torch.Tensor:
     return fp8.w8a8_block_fp8_matmul(q, w, s, ws, [128, 128], torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=1)  # the cases of one projection follow each other
-def _expert_weights(experts: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from reference import quantize_weight
-
-    w_q = torch.empty(experts, n, k, dtype=torch.float8_e4m3fn, device="cuda")
-    w_s = torch.empty(experts, n // 128, k // 128, device="cuda")
-    for e in range(experts):
-        w_q[e], w_s[e] = quantize_weight(torch.randn(n, k, device="cuda"), (128, 128))
-    return w_q, w_s
+# One projection's weights at a time: its cases follow each other.
+_expert_weights = functools.lru_cache(maxsize=1)(random_expert_weights)
 
 
 def moe_cases(tokens_list: list[int], grouped: bool) -> list[Case]:

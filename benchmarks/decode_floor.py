@@ -54,7 +54,7 @@ def _empty_kernel(out_ptr):
     tl.store(out_ptr, 1.0)
 
 
-def _expert_weights(experts: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_codes(experts: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random finite e4m3 expert weights (E, N, K) and unit float32 block scales (E, N/128, K/128)."""
     codes = torch.randint(0, 0x7F, (experts, n, k), dtype=torch.uint8, device="cuda")  # 0x7F is NaN
     return codes.view(torch.float8_e4m3fn), torch.ones(experts, n // 128, k // 128, device="cuda")
@@ -73,7 +73,7 @@ def _time_dense(fp8: ModuleType, n: int, k: int) -> None:
 
         def with_weights(body):
             def make():
-                w, ws = _expert_weights(1, n, k)
+                w, ws = _random_codes(1, n, k)
                 return lambda: body(w[0], ws[0])
 
             return make
@@ -95,7 +95,7 @@ def _time_dense(fp8: ModuleType, n: int, k: int) -> None:
 
 
 def _time_projection(fp8: ModuleType, name: str, experts: int, n: int, k: int) -> None:
-    w, ws = _expert_weights(experts, n, k)
+    w, ws = _random_codes(experts, n, k)
     for tokens in TOKENS:
         touched = top_k_routing(tokens, experts).unique().numel() * n * k
 

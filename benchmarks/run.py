@@ -218,13 +218,20 @@ def bench_moe(fp8, rows: list[Row], token_counts: list[int]) -> None:
         torch.cuda.empty_cache()
 
 
-def bench_moe_projection(fp8, rows: list[Row], token_counts: list[int], name: str, experts: int, n: int, k: int):
+def random_expert_weights(experts: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked expert weights on the GPU: e4m3 codes (E, N, K) and float32 128x128 block scales,
+    each expert a quantized random matrix."""
     from reference import quantize_weight
 
     w_q = torch.empty(experts, n, k, dtype=torch.float8_e4m3fn, device="cuda")
     w_s = torch.empty(experts, n // 128, k // 128, device="cuda")
     for e in range(experts):
         w_q[e], w_s[e] = quantize_weight(torch.randn(n, k, device="cuda"), (128, 128))
+    return w_q, w_s
+
+
+def bench_moe_projection(fp8, rows: list[Row], token_counts: list[int], name: str, experts: int, n: int, k: int):
+    w_q, w_s = random_expert_weights(experts, n, k)
     w_bf16_t = w_q.to(torch.bfloat16).transpose(-2, -1)  # (E, K, N) view, as _grouped_mm takes it
     for tokens in token_counts:
         flops = 2 * tokens * TOP_K * n * k
