@@ -1,7 +1,9 @@
 """The GEMM main loop every matmul kernel shares (Triton device functions).
 
 Orientation: the accumulator is ``[BLOCK_N weight rows, BLOCK_M tokens]`` (weights on the 64-row
-side of Hopper's FP8 wgmma, so the token side can be as narrow as 16). Callers pass row pointers:
+side of Hopper's FP8 wgmma, so the token side can be as narrow as 16; tokens on that side, padded
+to 64, with 16- to 64-row weight tiles gave the same bits but ran 1.2-2.3x slower at decode, H200,
+benchmarks/RESULTS.md). Callers pass row pointers:
 ``w_rows`` [BLOCK_N, 1] and ``x_rows`` [BLOCK_M, 1] point at the first element of each row (K is
 contiguous), ``ws_rows`` [BLOCK_N] and ``xs_rows`` [BLOCK_M] at each row's first scale. Rows past an
 edge must already point at valid rows (callers wrap or clamp them) so that loads need no row mask.

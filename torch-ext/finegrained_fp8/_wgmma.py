@@ -53,7 +53,8 @@ _TMA_OUTPUT_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 # Grouped calls store through TMA only up to this K. H200, same-run A/B against stores from registers
 # (2026-12-01, two runs): Qwen3-30B down (K = 768) at 4096 and 8192 tokens 7-10% faster, DeepSeek-V3
 # gate_up (K = 7168) 2-3% slower, K = 2048 within the noise. Dense: 24576x1536 at M = 1024 6-7%
-# faster, the other shapes within the noise (+-3%).
+# faster, the other shapes within the noise (+-3%). Again with the paired K blocks (2026-12-04): up to
+# K = 2048 or 8192 at most 1.5-3.5% faster, inside the spread of two copies of one build.
 _GROUPED_TMA_STORE_MAX_K = 1024
 # The loader warp only computes addresses, but the per-tile expert lookup of grouped calls needs more
 # than the 24 a warp can be given: with 24 it spilled over 256 experts, and DeepSeek-V3 grouped GEMMs
@@ -152,7 +153,8 @@ def _tile_origin(
     the last 2R tile numbers are the top and bottom halves of the last R whole tiles), and each math
     warpgroup computes half of a half tile's columns. Grouped calls have no half tiles: the same
     split of experts' last tiles of at most _GROUP_ROWS rows made DeepSeek-V3 gate_up 4-5% slower
-    (H200, 4096 and 8192 tokens).
+    (H200, 4096 and 8192 tokens). Nor do they take their tiles expert by expert (each weight tile's
+    token tiles side by side): within the runs' spread (H200, 2026-12-04).
     """
     tiles_m = _token_tiles(M, num_experts, BLOCK_M, BLOCK_E)
     whole = tile
