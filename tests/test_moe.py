@@ -170,16 +170,23 @@ def test_few_rows_with_a_shared_expert_and_sentinels(fp8, device, gen, block, ex
     assert torch.equal(out[routed], grouped[routed])
 
 
-def test_fused_quantization_equals_fp8_act_quant(fp8, device, gen):
-    """Rows quantized in the kernel give exactly what fp8_act_quant + the dense matmul give."""
-    b, bs = make_expert_weights(1, 192, 320, BLOCK, gen, device)
-    a = make_activation((20, 320), torch.bfloat16, gen, device)
-    ids = torch.zeros(20, dtype=torch.int64, device=device)
-    q, s = fp8.fp8_act_quant(a, 128)
-    dense = fp8.w8a8_block_fp8_matmul(q, b[0], s, bs[0], list(BLOCK), torch.float32)
-    moe = fp8.matmul_batched(a, b, bs, ids, BLOCK, torch.float32)
-    assert_matches(moe, moe_reference(a, b, bs, ids, BLOCK), torch.float32)
-    assert_matches(dense, moe_reference(a, b, bs, ids, BLOCK), torch.float32)
+@pytest.mark.kernels_ci
+@pytest.mark.parametrize("block", [BLOCK, None])
+@pytest.mark.parametrize("rows", [9, 40])  # batched: the few-rows kernel, then the routed expert GEMM
+def test_identity_experts_return_fp8_act_quants_codes_exactly(fp8, device, gen, block, rows):
+    """With identity weights (unit scales) every output is one code times its row's scale, a product
+    the kernels round like torch: the codes and scales the expert calls make are exactly those of
+    fp8_act_quant, for batched and grouped calls (K = 320: a partial last group)."""
+    k = 320
+    b = torch.eye(k).expand(2, k, k).to(torch.float8_e4m3fn).to(device)
+    bs = torch.ones((2, 3, 3) if block else (2,), device=device)
+    a = make_activation((rows, k), torch.bfloat16, gen, device)
+    ids = random_ids(rows, 2, gen, device)
+    q, s = fp8.fp8_act_quant(a, 128 if block else k)
+    expected = q.float() * s.repeat_interleave(128 if block else k, dim=1)[:, :k]
+    assert torch.equal(fp8.matmul_batched(a, b, bs, ids, block, torch.float32), expected)
+    grouped, _ = grouped_call(fp8, a, b, bs, ids, block, output_dtype=torch.float32)
+    assert torch.equal(grouped, expected)
 
 
 def test_ue8m0_scales_and_strided_rows(fp8, device, gen):
