@@ -85,7 +85,9 @@ def device() -> str:
     return "cuda" if HAS_CUDA else "cpu"
 
 
-RUN_SEED = int(os.environ.get("FP8_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+# Drawn once, by the first process: pytest-xdist's workers inherit it through the environment, so
+# the seed the header and the failure summary name is the one every worker's data came from.
+RUN_SEED = int(os.environ.setdefault("FP8_TEST_SEED", str(int.from_bytes(os.urandom(4), "little"))))
 
 
 def pytest_report_header(config) -> str:
@@ -93,6 +95,12 @@ def pytest_report_header(config) -> str:
 
     loader = f"kernels {importlib.metadata.version('kernels')} ({Path(kernels.__file__).parent})"
     return f"finegrained-fp8: backend={BACKEND}, {loader}, random data seed FP8_TEST_SEED={RUN_SEED}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Name the data seed when something failed, also under ``-q`` (which drops the header)."""
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        terminalreporter.write_line(f"failed with random data seed FP8_TEST_SEED={RUN_SEED} (set it to rerun them)")
 
 
 @contextlib.contextmanager
