@@ -24,6 +24,9 @@ the H100 (DeepSeek-V3 gate_up, 1 token: 151 us fused vs 92 us; 4096 tokens: 27.8
 and inside ``_few_rows_kernel`` 2.4-6.0x slower on the H200 at 1-2 tokens: every weight tile's
 program repeats the IEEE divisions of the same rows. With one division per group it is still
 1.15-2.2x slower (H200, 1-128 tokens): each K step's codes pass through shared memory before its dot.
+Nor did a one-launch kernel for decode on the CUDA cores (program: 8-64 weight rows x one row, the row
+quantized in it) win: 1.1-1.4x slower on the H200 except Qwen3-30B down at 1 token (0.86x), its
+activation groups crossing warps through shared memory every step (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
