@@ -8,7 +8,7 @@ import pytest
 import torch
 from checks import assert_matches, make_activation, make_expert_weights
 from conftest import OPCHECK_UTILS, requires_cuda, requires_hopper
-from reference import group_by_expert, moe_reference
+from reference import expand_groups, group_by_expert, moe_reference
 
 BLOCK = (128, 128)
 
@@ -182,8 +182,9 @@ def test_identity_experts_return_fp8_act_quants_codes_exactly(fp8, device, gen, 
     bs = torch.ones((2, 3, 3) if block else (2,), device=device)
     a = make_activation((rows, k), torch.bfloat16, gen, device)
     ids = random_ids(rows, 2, gen, device)
-    q, s = fp8.fp8_act_quant(a, 128 if block else k)
-    expected = q.float() * s.repeat_interleave(128 if block else k, dim=1)[:, :k]
+    group = block[1] if block else k
+    q, s = fp8.fp8_act_quant(a, group)
+    expected = q.float() * expand_groups(s, group, k)
     assert torch.equal(fp8.matmul_batched(a, b, bs, ids, block, torch.float32), expected)
     grouped, _ = grouped_call(fp8, a, b, bs, ids, block, output_dtype=torch.float32)
     assert torch.equal(grouped, expected)
