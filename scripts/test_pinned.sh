@@ -2,9 +2,10 @@
 # Run tests against other releases of some dependencies: the pins of REQUIREMENTS (a requirements
 # file) are installed with --no-deps into .venv-<name> (requirements-<name>.txt) on top of the
 # pinned environment, and shadow it for this run only. Usage: scripts/test_pinned.sh REQUIREMENTS
-# [pytest arguments]. CI runs it twice:
-#   requirements-gen1.txt tests/test_transformers.py       Transformers 5.9, the first call generation
-#   requirements-kernels-newest.txt tests -m kernels_ci    the newest `kernels` loader (0.17)
+# [pytest arguments]. CI runs it three times:
+#   requirements-gen1.txt tests/test_transformers.py        Transformers 5.9, the first call generation
+#   requirements-kernels-newest.txt tests -m kernels_ci     the newest `kernels` loader (0.17)
+#   requirements-triton-newest.txt tests -m compile_matrix  the newest Triton (3.9), compiling only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.knobs
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.experimental.gluon._runtime import GluonASTSource
 
 HOPPER = GPUTarget("cuda", 90, 128)
@@ -81,7 +82,7 @@ def wgmma_serialized(ptx: str) -> bool:
     """Whether ptxas serializes the wgmmas of ``ptx`` (its advisory C7514: each wgmma then waits for
     the one before; a variant that drew it ran 1.2-1.5x slower on the H200)."""
     arch = f"-arch=sm_{HOPPER.arch}a"  # the target the kernels were compiled for
-    log = _tool_output(triton.knobs.nvidia.ptxas.path, ptx.encode(), ".ptx", arch, "-o", os.devnull)
+    log = _tool_output(get_ptxas(HOPPER.arch).path, ptx.encode(), ".ptx", arch, "-o", os.devnull)
     return "C7514" in log
 
 

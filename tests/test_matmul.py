@@ -290,6 +290,7 @@ _SM_SHARED_BYTES = 228 * 1024
 _BLOCK_RESERVED_SHARED_BYTES = 1024
 
 
+@pytest.mark.compile_matrix
 def test_gluon_kernel_compiles_for_hopper_within_sm_limits(build_dir):
     """Every tile configuration the Gluon kernel ships (dense and grouped) compiles for sm_90a, on any
     machine, with its arguments specialized as a launch specializes them, and its programs per SM fit

@@ -395,7 +395,7 @@ def test_grouped_wgmma_kernel_matches_plain_triton_twin(fp8, gen, experts, rows,
     twin_out = gluon_out.clone()
     assert moe.hopper_gemm.serves(x_sorted.to(torch.float8_e4m3fn), b, gluon_out, BLOCK, True)
     moe.launch_expert_gemm(x_sorted, b, bs, gluon_out, offsets, None, BLOCK, False)
-    plain_tiles = moe.expert_tiles(rows, experts, k, 128)
+    plain_tiles = moe.expert_tiles(rows, experts, k, 128, torch.device("cuda"))
     moe.launch_expert_gemm(x_sorted, b, bs, twin_out, offsets, None, BLOCK, False, plain_tiles)
     routed = int(offsets[-1])
     assert gluon_out[routed:].isnan().all(), "rows past the last offset were written"

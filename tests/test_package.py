@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -122,3 +123,85 @@ def test_plain_eager_calls_skip_op_dispatch_and_others_use_the_op(fp8, device):
 def _call_under(mode, fn, *args):
     with mode:
         return fn(*args)
+
+
+def _public_calls(fp8, gen, device) -> dict:
+    """Every public function on small random operands: name -> (a valid call, a call with one bad argument)."""
+    from checks import make_activation, make_expert_weights, make_weight
+    from reference import group_by_expert
+
+    x = make_activation((5, 256), torch.bfloat16, gen, device)
+    q, s = fp8.fp8_act_quant(x)
+    w, ws = make_weight(192, 256, (128, 128), gen, device)
+    w_t, ws_t = make_weight(192, 256, None, gen, device)
+    ew, ews = make_expert_weights(3, 192, 256, (128, 128), gen, device)
+    ids = torch.randint(0, 3, (5,), generator=gen).to(device)
+    x_sorted, offsets, tpe, _, _ = group_by_expert(x.cpu(), ids.cpu(), 3)
+    x_sorted, offsets, tpe = x_sorted.to(device), offsets.to(device), tpe.to(device)
+    per_tensor = ews[:, :1, :1].contiguous()
+    block = [128, 128]
+    return {
+        "fp8_act_quant": (lambda: fp8.fp8_act_quant(x, 128), lambda: fp8.fp8_act_quant(x, 0)),
+        "matmul_2d": (lambda: fp8.matmul_2d(x, w, ws, block), lambda: fp8.matmul_2d(x, w, ws[:1], block)),
+        "w8a8_fp8_matmul": (
+            lambda: fp8.w8a8_fp8_matmul(q, w, s, ws, block, torch.bfloat16),
+            lambda: fp8.w8a8_fp8_matmul(q, w, s[:, :1], ws, block, torch.bfloat16),
+        ),
+        "w8a8_tensor_fp8_matmul": (
+            lambda: fp8.w8a8_tensor_fp8_matmul(q, w_t, s[:, :1], ws_t),
+            lambda: fp8.w8a8_tensor_fp8_matmul(q, w_t, s[:, :1], ws),
+        ),
+        "matmul_batched": (
+            lambda: fp8.matmul_batched(x, ew, ews, ids, block),
+            lambda: fp8.matmul_batched(x, ew, ews, ids[:4], block),
+        ),
+        "w8a8_tensor_fp8_matmul_batched": (
+            lambda: fp8.w8a8_tensor_fp8_matmul_batched(x, ew, per_tensor, ids),
+            lambda: fp8.w8a8_tensor_fp8_matmul_batched(x, ew, ews, ids),
+        ),
+        "matmul_grouped": (
+            lambda: fp8.matmul_grouped(x_sorted, ew, ews, offsets, tpe, block),
+            lambda: fp8.matmul_grouped(x_sorted, ew, ews, offsets[:2], tpe, block),
+        ),
+        "w8a8_fp8_matmul_grouped": (
+            lambda: fp8.w8a8_fp8_matmul_grouped(x_sorted, ew, ews, offsets, tpe, block),
+            lambda: fp8.w8a8_fp8_matmul_grouped(x_sorted, ew, ews.float().half(), offsets, tpe, block),
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fp8_act_quant",
+        "matmul_2d",
+        "w8a8_fp8_matmul",
+        "w8a8_tensor_fp8_matmul",
+        "matmul_batched",
+        "w8a8_tensor_fp8_matmul_batched",
+        "matmul_grouped",
+        "w8a8_fp8_matmul_grouped",
+    ],
+)
+def test_eager_path_and_op_path_agree(fp8, device, gen, name):
+    """Each public function gives the same bits on its direct eager path and through its registered op
+    (forced by a dispatch mode), and raises the same error for the same bad argument on both."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SeesOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    valid, invalid = _public_calls(fp8, gen, device)[name]
+    eager = valid()
+    with SeesOps():
+        through_op = valid()
+    eager, through_op = (eager, through_op) if isinstance(eager, tuple) else ((eager,), (through_op,))
+    for got, expected in zip(through_op, eager, strict=True):  # no sentinels: grouped calls write every row
+        assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
+    errors = []
+    for mode in (contextlib.nullcontext(), SeesOps()):
+        with mode, pytest.raises((TypeError, ValueError)) as raised:
+            invalid()
+        errors.append((type(raised.value), str(raised.value)))
+    assert errors[0] == errors[1]

@@ -1,9 +1,8 @@
-"""Launch helpers shared by every op: op registration with its eager path, device guard, device facts,
-and programmatic dependent launch."""
+"""Launch helpers shared by every op: op registration with its eager path, kernel launches (with a
+direct path for eager calls), and programmatic dependent launch."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import TypeVar
@@ -11,15 +10,18 @@ from typing import TypeVar
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
+from torch.library import triton_op, wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+from triton import knobs
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+from triton.runtime import driver
 
 try:  # what triton_op's own eager backend does: launch wrap_triton kernels directly, not as a HOP
     from torch._library.triton import is_wrap_triton_enabled, set_wrap_triton_enabled
 except ImportError:  # a torch without it: every call goes through the op
     is_wrap_triton_enabled = set_wrap_triton_enabled = None
 
+from ._device import device_facts, on_device
 from ._ops import add_op_namespace_prefix
 
 _Impl = TypeVar("_Impl", bound=Callable[..., object])
@@ -60,54 +62,90 @@ def registered_op(name: str) -> Callable[[_Impl], _Impl]:
     return register
 
 
-def on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Make ``t``'s GPU current for the launches inside (no-op for CPU tensors under the interpreter)."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
-@functools.cache
-def _device_facts(device_type: str, index: int | None) -> tuple[int, tuple[int, int] | None]:
-    """(SM count, compute capability) of a GPU; a small fixed SM count and no capability for the CPU."""
-    if device_type == "cuda":
-        props = torch.cuda.get_device_properties(index)
-        return props.multi_processor_count, (props.major, props.minor)
-    return 4, None
-
-
-def _facts_of(device: torch.device) -> tuple[int, tuple[int, int] | None]:
-    index = (
-        device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
-    )
-    return _device_facts(device.type, index)
-
-
-def multiprocessor_count(device: torch.device) -> int:
-    """Number of SMs of ``device`` (a small fixed number for the CPU interpreter). Queried lazily, once."""
-    return _facts_of(device)[0]
-
-
-def compute_capability(device: torch.device) -> tuple[int, int] | None:
-    """(major, minor) of a CUDA ``device``, None for the CPU. Queried lazily, once."""
-    return _facts_of(device)[1]
-
-
-def supports_dependent_launch(device: torch.device) -> bool:
-    """Whether ``device`` has programmatic dependent launch (Hopper and later)."""
-    return (compute_capability(device) or (0, 0)) >= (9, 0)
+def traced() -> bool:
+    """Whether launches are being traced (torch.compile, export, or an op call's own dispatch), rather
+    than made by Triton directly on the eager path of ``registered_op``."""
+    return is_wrap_triton_enabled is None or is_wrap_triton_enabled()
 
 
 def dependent_launch_options(device: torch.device) -> dict:
-    """Launch arguments of a kernel that calls ``wait_for_previous_kernel(PDL)`` first: on Hopper and
-    later, on the direct eager path (kernels launched by Triton itself, not traced), the kernel is
-    launched while the previous one finishes (its setup overlaps that kernel's tail). H100, one call
-    of a CUDA graph: batched MoE at 1 token 1-2 us faster (Qwen3-30B 13.4 -> 11.6 us).
+    """Launch arguments of a kernel that calls ``wait_for_previous_kernel(PDL)`` first: where the device
+    has dependent launch, on the direct eager path (kernels launched by Triton itself, not traced), the
+    kernel is launched while the previous one finishes (its setup overlaps that kernel's tail). H100, one
+    call of a CUDA graph: batched MoE at 1 token 1-2 us faster (Qwen3-30B 13.4 -> 11.6 us).
 
     Not for persistent kernels (the Gluon GEMM): programs launched early land on whichever SMs have
     room, so some SMs get more than their share (H100, M = 128: 60 us -> 74-91 us)."""
-    enabled = is_wrap_triton_enabled is not None and not is_wrap_triton_enabled() and supports_dependent_launch(device)
-    return {"PDL": True, "launch_pdl": True} if enabled else {"PDL": False}
+    if traced() or not device_facts(device).dependent_launch:
+        return {"PDL": False}
+    return {"PDL": True, "launch_pdl": True}
+
+
+# Compiled kernels of direct eager launches, by kernel, device, compile-time arguments and argument
+# specialization (see ``_specialization``).
+_COMPILED: dict[tuple, tuple[object, tuple]] = {}
+
+
+def _specialization(arg: object) -> object:
+    """What Triton may compile into a kernel about one runtime argument, or more: a tensor's dtype and
+    16-byte alignment; an int's width, and whether it is 1 or a multiple of 16; a TMA descriptor's block,
+    layout, base and the alignment of its shape and strides."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, bool) or arg is None:
+        return arg
+    if isinstance(arg, int):
+        return -(2**31) <= arg < 2**31, arg == 1, arg % 16 == 0
+    base = getattr(arg, "base", None)
+    if isinstance(base, torch.Tensor):  # a host TensorDescriptor
+        return (
+            _specialization(base),
+            tuple(arg.block_shape),
+            arg.layout,
+            arg.padding,
+            tuple(d % 16 == 0 for d in arg.shape),
+            tuple(d % 16 == 0 for d in arg.strides),
+        )
+    return type(arg), arg
+
+
+def _launch_hooks_set() -> bool:
+    """Whether a profiler watches launches through Triton's hooks (chains of callables; empty by default)."""
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(hook is not None and bool(getattr(hook, "calls", True)) for hook in hooks)
+
+
+def launch_kernel(
+    kernel, grid: tuple[int, ...], args: tuple, device: torch.device, traceable: bool = True, **meta
+) -> None:
+    """``kernel[grid](*args, **meta)`` on ``device``: the runtime arguments positionally, then the
+    compile-time ones and launch options by name.
+
+    Traced calls of a ``traceable`` kernel go through ``wrap_triton`` (Gluon kernels are not: they
+    run inside an opaque op). Elsewhere, on a CUDA GPU without Triton's launch hooks, a kernel compiles
+    through Triton once per specialization and then launches through its compiled launcher: Triton's
+    JIT path would re-derive on every call what the cache key fixes.
+    """
+    with on_device(device):
+        if traceable and traced():
+            wrap_triton(kernel)[grid](*args, **meta)
+            return
+        if device.type != "cuda" or _launch_hooks_set():
+            kernel[grid](*args, **meta)
+            return
+        key = (kernel, device, tuple(meta.items()), tuple(map(_specialization, args)))
+        entry = _COMPILED.get(key)
+        if entry is None:
+            compiled = kernel[grid](*args, **meta)
+            _COMPILED[key] = (compiled, tuple(meta[name] for name in kernel.arg_names[len(args) :]))
+            return
+        compiled, constants = entry
+        grid = (*grid, 1, 1)
+        stream = driver.active.get_current_stream(device.index)
+        compiled.run(
+            grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+            *args, *constants,
+        )  # fmt: skip
 
 
 @triton.jit

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._launch import cdiv, multiprocessor_count
+from ._device import device_facts, multiprocessor_count
+from ._launch import cdiv
 
 # Every split-K slice streams at least this many K blocks, so the pipeline has room to fill.
 _MIN_K_BLOCKS_PER_SPLIT = 4
@@ -59,16 +60,28 @@ def _tile_shape(m: int, decode_stages: int = _DENSE_DECODE_STAGES) -> tuple[int,
     return 64, 128, 4, 4
 
 
-def _gemm_tiles(shape: tuple[int, int, int, int], block_k: int, k_blocks: int, split: int) -> GemmTiles:
-    """GemmTiles from a (block_m, block_n, num_warps, num_stages) shape and a split of ``k_blocks``."""
+def _stages_that_fit(stages: int, stage_bytes: int, shared_memory: int) -> int:
+    """At most ``stages`` pipeline stages, as many as keep ``stages * stage_bytes`` within the device's
+    shared memory per program, and at least 2. Counting every stage whole fits any Triton backend (some
+    keep one stage fewer in shared memory); on Hopper and Blackwell nothing the policy picks is cut."""
+    return max(2, min(stages, shared_memory // stage_bytes))
+
+
+def _gemm_tiles(
+    shape: tuple[int, int, int, int], block_k: int, k_blocks: int, split: int, device: torch.device
+) -> GemmTiles:
+    """GemmTiles from a (block_m, block_n, num_warps, num_stages) shape and a split of ``k_blocks``,
+    with the stages cut to the shared memory of ``device``. A stage holds one e4m3 operand tile of each
+    side: (block_n + block_m) x block_k bytes."""
     block_m, block_n, num_warps, num_stages = shape
     per_split = cdiv(k_blocks, split)
+    shared_memory = device_facts(device).shared_memory_per_block
     return GemmTiles(
         block_n=block_n,
         block_m=block_m,
         block_k=block_k,
         num_warps=num_warps,
-        num_stages=num_stages,
+        num_stages=_stages_that_fit(num_stages, (block_n + block_m) * block_k, shared_memory),
         split_k=cdiv(k_blocks, per_split),
         k_blocks_per_split=per_split,
         group_n=8,
@@ -86,7 +99,7 @@ def gemm_tiles(m: int, n: int, k: int, block_k: int, device: torch.device) -> Ge
         tiles = cdiv(n, shape[1]) * cdiv(m, shape[0])
     k_blocks = cdiv(k, block_k)
     split = max(1, min(cdiv(target_programs, tiles), k_blocks // _MIN_K_BLOCKS_PER_SPLIT))
-    return _gemm_tiles(shape, block_k, k_blocks, split)
+    return _gemm_tiles(shape, block_k, k_blocks, split, device)
 
 
 # The Gluon kernel's tiles (``wgmma_tiles``, which gives the measurements): dense calls take 64 x 64
@@ -151,7 +164,7 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
     return WgmmaTiles(block_m=128, block_n=128, stages=4, programs_per_sm=1, max_registers=168)
 
 
-def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
+def expert_tiles(rows: int, experts: int, k: int, block_k: int, device: torch.device) -> GemmTiles:
     """Tiles for the expert GEMMs: ``rows`` routed rows spread over ``experts`` weight matrices.
 
     The routing is unknown on the host (the grid must not depend on it), so the token tile is sized
@@ -163,4 +176,4 @@ def expert_tiles(rows: int, experts: int, k: int, block_k: int) -> GemmTiles:
     else:
         # Best of a sweep on the H100 at 4096 tokens, top-8, DeepSeek-V3 and Qwen3-30B experts (2026-11-25).
         shape = (64, 256, 8, 3)
-    return _gemm_tiles(shape, block_k, cdiv(k, block_k), 1)
+    return _gemm_tiles(shape, block_k, cdiv(k, block_k), 1, device)

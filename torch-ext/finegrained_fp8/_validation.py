@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._device import device_facts
+
 FP8_DTYPE = torch.float8_e4m3fn
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -72,6 +74,12 @@ def check_devices(**tensors: torch.Tensor | None) -> None:
         raise ValueError(
             f"{first_name} is a CPU tensor; the kernels need a GPU tensor "
             "(or TRITON_INTERPRET=1 to run them through Triton's interpreter)"
+        )
+    facts = device_facts(first.device)
+    if facts.fp8_problem is not None:
+        raise ValueError(
+            f"{first_name} is on {first.device} ({facts.name}, {facts.arch}), where finegrained-fp8 cannot run: "
+            f"{facts.fp8_problem}"
         )
 
 

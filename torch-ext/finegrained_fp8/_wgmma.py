@@ -16,6 +16,8 @@ calls reach this kernel through an opaque custom op (``gemm_wgmma``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -28,14 +30,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import (
-    cdiv,
-    compute_capability,
-    is_plain_eager_call,
-    multiprocessor_count,
-    next_power_of_two,
-    on_device_of,
-)
+from ._device import device_facts, multiprocessor_count
+from ._launch import cdiv, is_plain_eager_call, launch_kernel, next_power_of_two
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
 from ._tiles import WgmmaTiles, wgmma_tiles
@@ -69,6 +65,10 @@ _SECOND_MATH_REGISTERS = gl.constexpr(224)
 # Dense calls on 64 x 64 tiles whose last token tile would miss at least this many rows of x read a
 # copy of x padded with zero rows to whole tiles (see ``_whole_token_tiles``).
 _PAD_MIN_MISSING_ROWS = 32
+# Triton 3.9 removed the TMA copies' first names (async_copy_global_to_shared, async_copy_shared_to_global)
+# for async_load and async_store; Triton 3.6 has only the first names.
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
 @gluon.jit
@@ -232,11 +232,11 @@ def _load_partition(operands, GROUP_M: gl.constexpr, BLOCK_E: gl.constexpr):
             if HALF_TILES and is_half:
                 mbarrier.expect(bar, x_half_desc.block_type.nbytes + w_desc.block_type.nbytes)
                 x_slot = x_ring.index(slot).slice(0, _GROUP_ROWS)
-                tma.async_copy_global_to_shared(x_half_desc, [start, kb * BLOCK_K], bar, x_slot)
+                _tma_load(x_half_desc, [start, kb * BLOCK_K], bar, x_slot)
             else:
                 mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(x_desc, [start, kb * BLOCK_K], bar, x_ring.index(slot))
-            tma.async_copy_global_to_shared(w_desc, [w_row, kb * BLOCK_K], bar, w_ring.index(slot))
+                _tma_load(x_desc, [start, kb * BLOCK_K], bar, x_ring.index(slot))
+            _tma_load(w_desc, [w_row, kb * BLOCK_K], bar, w_ring.index(slot))
             step += 1
 
 
@@ -274,7 +274,7 @@ def _store_tile(acc, out_desc, out_buf, out_ptr, first, row_end, col0, N, stride
         tma.store_wait(0)  # the previous tile's copy has read the buffer
         out_buf.store(acc.to(out_buf.dtype))
         fence_async_shared()
-        tma.async_copy_shared_to_global(out_desc, [first, col0], out_buf)
+        _tma_store(out_desc, [first, col0], out_buf)
 
 
 @gluon.constexpr_function
@@ -528,7 +528,7 @@ def serves(
     return (  # the cheap shape checks first: decode calls (the hot path) stop there
         block == BLOCK_SHAPE
         and _tiles_for(x, w, grouped) is not None
-        and compute_capability(x.device) == (9, 0)
+        and device_facts(x.device).hopper_wgmma
         and _tma_ready(x)
         and back_to_back
         and _tma_ready(w.reshape(experts * n, w.shape[-1]))
@@ -536,6 +536,7 @@ def serves(
     )
 
 
+@functools.cache
 def _operand_layout(rows: int) -> gl.NVMMASharedLayout:
     """Shared-memory layout of a [rows, 128] e4m3 operand tile (TMA writes it, wgmma reads it)."""
     return gl.NVMMASharedLayout.get_default_for([rows, BLOCK_SHAPE[1]], gl.float8e4nv)
@@ -546,6 +547,7 @@ def _operand_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor.from_tensor(t, [rows, BLOCK_SHAPE[1]], _operand_layout(rows))
 
 
+@functools.cache
 def output_layout(block_n: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
     """Shared-memory layout of one math warpgroup's [_GROUP_ROWS, block_n] output tile (TMA reads it)."""
     return gl.NVMMASharedLayout.get_default_for([_GROUP_ROWS.value, block_n], _TMA_OUTPUT_DTYPES[dtype])
@@ -626,13 +628,18 @@ def _launch(
     # Without half tiles the kernel never reads x_half_desc: x's descriptor stands in.
     has_halves = _has_half_tiles(tiles.block_m, tiles.block_n, constants["BLOCK_E"])
     x_half_desc = _operand_descriptor(x_copied, _GROUP_ROWS.value) if has_halves else x_desc
-    with on_device_of(x):
-        _gemm_wgmma_kernel[(programs,)](
+    launch_kernel(
+        _gemm_wgmma_kernel,
+        (programs,),
+        (
             x_desc, x_half_desc, w_desc, xs, ws, out, out_desc or x_desc,
             m, n, k, ends if grouped else xs, experts,
             *xs_strides, *ws.stride(), out.stride(0),
-            **constants, maxnreg=tiles.max_registers,
-        )  # fmt: skip
+        ),
+        x.device,
+        traceable=False,
+        **constants, maxnreg=tiles.max_registers,
+    )  # fmt: skip
 
 
 @torch.library.custom_op(add_op_namespace_prefix("gemm_wgmma"), mutates_args=("out",))

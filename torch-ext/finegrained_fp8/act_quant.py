@@ -7,14 +7,13 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from ._launch import (
     cdiv,
     dependent_launch_options,
+    launch_kernel,
     let_next_kernel_launch,
     next_power_of_two,
-    on_device_of,
     registered_op,
     wait_for_previous_kernel,
     with_unit_k_stride,
@@ -99,25 +98,20 @@ def quantize_2d(
         return q, s
     block_g = next_power_of_two(group)
     block_m = max(1, min(next_power_of_two(m), _ELEMENTS_PER_PROGRAM // block_g))
-    with on_device_of(x2d):
-        wrap_triton(_act_quant_kernel)[(num_groups * cdiv(m, block_m),)](
-            x2d,
-            q,
-            s,
-            q if source_rows is None else source_rows,
-            m,
-            k,
-            x2d.stride(0),
-            num_groups,
-            GROUP=group,
-            BLOCK_M=block_m,
-            BLOCK_G=block_g,
-            STATIC_SCALE=static,
-            POWER_OF_TWO_SCALE=power_of_two_scale,
-            GATHER=source_rows is not None,
-            num_warps=8 if block_m * block_g >= 8192 else 4,
-            **dependent_launch_options(x2d.device),
-        )
+    launch_kernel(
+        _act_quant_kernel,
+        (num_groups * cdiv(m, block_m),),
+        (x2d, q, s, q if source_rows is None else source_rows, m, k, x2d.stride(0), num_groups),
+        x2d.device,
+        GROUP=group,
+        BLOCK_M=block_m,
+        BLOCK_G=block_g,
+        STATIC_SCALE=static,
+        POWER_OF_TWO_SCALE=power_of_two_scale,
+        GATHER=source_rows is not None,
+        num_warps=8 if block_m * block_g >= 8192 else 4,
+        **dependent_launch_options(x2d.device),
+    )
     return q, s
 
 

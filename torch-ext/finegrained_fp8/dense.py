@@ -16,15 +16,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
+from ._backends import hopper_gemm
 from ._gemm_core import scaled_tile_product, tile_coordinates
 from ._launch import (
     block_from_op_args,
     block_to_op_args,
     cdiv,
     dependent_launch_options,
-    on_device_of,
+    launch_kernel,
     registered_op,
     wait_for_previous_kernel,
     with_unit_k_stride,
@@ -39,11 +39,6 @@ from ._validation import (
     check_weights,
 )
 from .act_quant import as_rows, quantize_2d
-
-try:  # Gluon (Triton >= 3.6): the Hopper kernel for prefill sizes
-    from . import _wgmma as hopper_gemm
-except ImportError:
-    hopper_gemm = None
 
 
 @triton.jit
@@ -171,26 +166,30 @@ def launch_gemm(
     xs, stride_xsm, stride_xsk = _scale_strides(xs, m)
     split = tiles.split_k
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
-    grid = (cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), split)
     overlap = dependent_launch_options(x.device)
-    with on_device_of(x):
-        wrap_triton(_gemm_kernel)[grid](
+    launch_kernel(
+        _gemm_kernel,
+        (cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), split),
+        (
             w, ws, x, xs, target,
             m, n, k,
             w.stride(0), stride_wsn, stride_wsk,
             x.stride(0), stride_xsm, stride_xsk,
             m * n, out.stride(0),
             block[0] if per_k_scale else n, tiles.k_blocks_per_split,
-            BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
-            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
-            MASK_X_ROWS=m % tiles.block_m != 0,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **overlap,
+        ),
+        x.device,
+        BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
+        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        MASK_X_ROWS=m % tiles.block_m != 0,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **overlap,
+    )  # fmt: skip
+    if split > 1:
+        block_elems = 1024
+        launch_kernel(
+            _sum_splits_kernel, (cdiv(m * n, block_elems),), (target, out, m * n), x.device,
+            SPLITS=split, BLOCK=block_elems, num_warps=4, **overlap,
         )  # fmt: skip
-        if split > 1:
-            block_elems = 1024
-            wrap_triton(_sum_splits_kernel)[(cdiv(m * n, block_elems),)](
-                target, out, m * n, SPLITS=split, BLOCK=block_elems, num_warps=4, **overlap
-            )
 
 
 @registered_op("fp8_matmul")

@@ -34,17 +34,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
+from ._backends import hopper_gemm
 from ._gemm_core import scaled_tile_product, tile_coordinates
 from ._launch import (
     block_from_op_args,
     block_to_op_args,
     cdiv,
     dependent_launch_options,
+    launch_kernel,
     let_next_kernel_launch,
     next_power_of_two,
-    on_device_of,
     registered_op,
     wait_for_previous_kernel,
     with_unit_k_stride,
@@ -59,7 +59,6 @@ from ._validation import (
     check_weights,
 )
 from .act_quant import quantize_2d
-from .dense import hopper_gemm
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
@@ -336,17 +335,15 @@ def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
         return perm.to(torch.int32), ends.to(torch.int32)
     perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
     ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
-    with on_device_of(expert_ids):
-        wrap_triton(_route_kernel)[(num_experts + 1,)](
-            expert_ids,
-            perm,
-            ends,
-            s,
-            num_experts,
-            CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
-            num_warps=8,
-            **dependent_launch_options(expert_ids.device),
-        )
+    launch_kernel(
+        _route_kernel,
+        (num_experts + 1,),
+        (expert_ids, perm, ends, s, num_experts),
+        expert_ids.device,
+        CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
+        num_warps=8,
+        **dependent_launch_options(expert_ids.device),
+    )
     return perm, ends
 
 
@@ -383,7 +380,7 @@ def launch_expert_gemm(
     experts, n, _ = w.shape
     per_k_scale = block is not None
     explicit_tiles = tiles is not None
-    tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
+    tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128, x.device)
     num_buckets = experts + int(zero_sentinels)
     tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
     xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k, source_rows=perm)
@@ -391,19 +388,23 @@ def launch_expert_gemm(
         hopper_gemm.launch(xq, w, xs, ws, out, ends)  # the caller's scales: it tells UE8M0 codes by their dtype
         return
     ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
-    with on_device_of(x):
-        wrap_triton(_expert_gemm_kernel)[(cdiv(n, tiles.block_n) * tiles_m,)](
+    launch_kernel(
+        _expert_gemm_kernel,
+        (cdiv(n, tiles.block_n) * tiles_m,),
+        (
             w, ws, xq, xs, out, ends, ends if perm is None else perm,
             s, n, k, experts, num_buckets, tiles_m,
             w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
             xq.stride(0), xs.stride(0), xs.stride(1), out.stride(0),
             block[0] if per_k_scale else n,
-            BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
-            BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
-            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
-            SCATTER=perm is not None,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
-        )  # fmt: skip
+        ),
+        x.device,
+        BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
+        BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
+        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        SCATTER=perm is not None,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
+    )  # fmt: skip
 
 
 def launch_few_rows(
@@ -422,20 +423,24 @@ def launch_few_rows(
     s, k = x.shape
     experts, n, _ = w.shape
     per_k_scale = block is not None
-    tiles = expert_tiles(s, experts, k, block[1] if per_k_scale else 128)
+    tiles = expert_tiles(s, experts, k, block[1] if per_k_scale else 128, x.device)
     ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
     xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
-    with on_device_of(x):
-        wrap_triton(_few_rows_kernel)[(cdiv(n, tiles.block_n), s)](
+    launch_kernel(
+        _few_rows_kernel,
+        (cdiv(n, tiles.block_n), s),
+        (
             w, ws, xq, xs, expert_ids, out,
             s, n, k, experts,
             w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
             xq.stride(0), xs.stride(0), xs.stride(1), out.stride(0),
             block[0] if per_k_scale else n,
-            BLOCK_N=tiles.block_n, BLOCK_M=FEW_ROWS_MAX, BLOCK_K=tiles.block_k,
-            PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
-        )  # fmt: skip
+        ),
+        x.device,
+        BLOCK_N=tiles.block_n, BLOCK_M=FEW_ROWS_MAX, BLOCK_K=tiles.block_k,
+        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
+    )  # fmt: skip
 
 
 def _expert_matmul(
