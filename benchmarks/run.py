@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The project's benchmark runner (the main job; ``scripts/run.sh`` builds and calls it).
 
-On a CUDA GPU: times every kernel of the package on the shapes of PERFORMANCE.md next to the torch
+On a CUDA GPU: times every kernel of the package on DeepSeek-V3 and Qwen3-30B shapes next to the torch
 peers in the same process (median of CUDA-graph replays, so launch overhead is excluded; operands
 rotated through more memory than L2 holds), prints a table, writes ``benchmarks/out/results.json``
 and ``results.png``. Decode sizes also get an eager time of our call, launch overhead included.
@@ -36,7 +36,7 @@ DENSE_M = [1, 16, 96, 128, 256, 1024, 4096]
 L2_BYTES = 50 * 2**20
 # A graph of one call would charge that call the graph's launch (a few microseconds).
 MIN_CALLS_PER_GRAPH = 8
-# MoE expert shapes of PERFORMANCE.md: (experts, N, K) per projection; top-8 routing.
+# MoE expert shapes (DeepSeek-V3, Qwen3-30B-A3B): (experts, N, K) per projection; top-8 routing.
 MOE_SHAPES = {
     "DSv3 gate_up": (256, 4096, 7168),
     "DSv3 down": (256, 7168, 2048),
@@ -442,7 +442,7 @@ def cpu_demo() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--m", type=int, action="append", help="dense token counts to time (default: PERFORMANCE.md's)")
+    parser.add_argument("--m", type=int, action="append", help="dense token counts to time (default: DENSE_M)")
     parser.add_argument("--tokens", type=int, action="append", help="MoE token counts to time (top-8 routing)")
     parser.add_argument(
         "--only",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# On the lent GPU machine: install the carried `kernels` wheels, build, run the whole test suite
+# On a GPU machine without network access: install the `kernels` wheels in .whl/, build, run the whole test suite
 # (GPU tests included), optionally the tile sweep, then the benchmark table (printed last). Where the
 # newest loader's wheels are carried too (.whl-newest/, from device-wheels/kernels-0.17), the `kernels_ci`
-# tests run again under it. Logs and results go to $OUT (the device tool brings them back).
+# tests run again under it. Logs and results go to $OUT (default benchmarks/out).
 # Usage: scripts/device_run.sh [--sweep] [--no-tests]
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """Plain-torch references for every kernel: quantize, dequantize, block matmul, MoE routing.
 
-Written for clarity, not speed: float32 quantization exactly as CONTRACT.md states it, and float64
+Written for clarity, not speed: float32 quantization exactly as the contract in README.md states it, and float64
 matmuls of dequantized operands.
 """
 

@@ -2,7 +2,7 @@
 compares outputs bit for bit.
 
 Each Benchmark class goes through the steps ``kernels benchmark <dir>`` takes per workload
-(HUB_PACKAGE.md): a fresh instance with ``kernel`` and ``device`` set, ``torch.manual_seed(seed)``,
+(the `kernels` CLI): a fresh instance with ``kernel`` and ``device`` set, ``torch.manual_seed(seed)``,
 ``setup_<w>()``, ``benchmark_<w>()``, then ``torch.allclose(out, verify_<w>(), atol=1e-2)``. (The
 runner itself is not imported: ``kernels.cli`` needs the signing packages, absent on the GPU machine.)
 On a GPU at the real sizes; under the CPU interpreter at small sizes of the same structure.

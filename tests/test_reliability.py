@@ -184,9 +184,7 @@ def test_calls_here_allocate_their_outputs_nan_filled(device):
     assert torch.empty(8, 8, dtype=torch.bfloat16, device=device).isnan().all()
 
 
-requires_two_gpus = pytest.mark.skipif(
-    not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the device tool's nvidia-h200-x2)"
-)
+requires_two_gpus = pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 
 
 def _random_call(name: str, gen: torch.Generator, rows: int) -> dict:

@@ -1,4 +1,4 @@
-"""Transformers' FP8 modules on our kernels, for both call generations (CONTRACT.md).
+"""Transformers' FP8 modules on our kernels, for both call generations (README.md: "With Transformers").
 
 - Generation 2 (Transformers 5.13+, here 5.17: ``matmul_2d``, ``matmul_batched``,
   ``matmul_grouped``), loader path: Transformers' own

@@ -1,9 +1,8 @@
 """The GEMM main loop every matmul kernel shares (Triton device functions).
 
 Orientation: the accumulator is ``[BLOCK_N weight rows, BLOCK_M tokens]`` (weights on the 64-row
-side of Hopper's FP8 wgmma, so the token side can be as narrow as 16; tokens on that side, padded
-to 64, with 16- to 64-row weight tiles gave the same bits but ran 1.2-2.3x slower at decode, H200,
-benchmarks/RESULTS.md). Callers pass row pointers:
+side of Hopper's FP8 wgmma, so the token side can be as narrow as 16; the other orientation was
+slower at decode, docs/DESIGN.md). Callers pass row pointers:
 ``w_rows`` [BLOCK_N, 1] and ``x_rows`` [BLOCK_M, 1] point at the first element of each row (K is
 contiguous), ``ws_rows`` [BLOCK_N] and ``xs_rows`` [BLOCK_M] at each row's first scale. Rows past an
 edge must already point at valid rows (callers wrap or clamp them) so that loads need no row mask.
@@ -39,9 +38,8 @@ def _load_k_block(rows, offs_k, K, EVEN_K: tl.constexpr):
 @triton.jit
 def _load_token_block(rows, row_ok, offs_k, K, EVEN_K: tl.constexpr, MASK_ROWS: tl.constexpr):
     """A [BLOCK_M, BLOCK_K] block of token rows. MASK_ROWS: rows that are not ``row_ok`` read nothing
-    and give zeros. H200, dense M = 1 (15 of 16 tile rows repeat the one row): 18432x7168 47 -> 36 us,
-    24576x1536 15.6 -> 12.3 us, 7168x18432 6-8% faster, so the repeated rows' loads cost more than
-    the bytes they move; with every row valid the mask cost 1-5% (M = 16 and 64), hence the flag."""
+    and give zeros: at M = 1 the repeated rows' loads cost more than the bytes they move, while with
+    every row valid the mask costs a few percent, hence the flag (docs/DESIGN.md, "Plain-Triton GEMMs")."""
     if MASK_ROWS:
         mask = row_ok[:, None]
         if not EVEN_K:
@@ -89,14 +87,9 @@ def scaled_tile_product(
     x rows are e4m3 codes with scales at ``xs_rows`` (one per K block, or one per row in per-tensor
     mode); with MASK_X_ROWS, rows where ``x_row_ok`` [BLOCK_M] is false are not read (zeros).
     Block mode loads each K block's scales one step ahead, while the block before it multiplies:
-    Triton's pipeliner only prefetches the dot operands, so a scale loaded in its own step held
-    every step for a load's latency (H200 A/B: 0.85-0.96x the time at dense M = 64, 0.92-1.00x on
-    MoE decode at 1-2 tokens, level elsewhere).
-    Quantizing raw rows here instead was measured 1.0-5.7x slower on the H100 with a division per
-    element, and on the H200 with one per group 1.15-2.2x slower on 16-row token tiles and 2.3-4.4x
-    on 32- and 64-row ones (benchmarks/RESULTS.md, tenth session): each step's codes go through
-    shared memory before its dot, in series with it, and every weight tile's program repeats the
-    same rows. So callers quantize first.
+    Triton's pipeliner only prefetches the dot operands, so a scale loaded in its own step would hold
+    every step for a load's latency. Callers quantize first (docs/DESIGN.md, "Quantization stays a
+    separate launch").
     """
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PER_K_SCALE:

@@ -71,11 +71,9 @@ def traced() -> bool:
 def dependent_launch_options(device: torch.device) -> dict:
     """Launch arguments of a kernel that calls ``wait_for_previous_kernel(PDL)`` first: where the device
     has dependent launch, on the direct eager path (kernels launched by Triton itself, not traced), the
-    kernel is launched while the previous one finishes (its setup overlaps that kernel's tail). H100, one
-    call of a CUDA graph: batched MoE at 1 token 1-2 us faster (Qwen3-30B 13.4 -> 11.6 us).
-
-    Not for persistent kernels (the Gluon GEMM): programs launched early land on whichever SMs have
-    room, so some SMs get more than their share (H100, M = 128: 60 us -> 74-91 us)."""
+    kernel is launched while the previous one finishes (its setup overlaps that kernel's tail). Not for
+    persistent kernels (the Gluon GEMM): programs launched early land on whichever SMs have room, so
+    some SMs get more than their share (docs/DESIGN.md, "Launches and host cost")."""
     if traced() or not device_facts(device).dependent_launch:
         return {"PDL": False}
     return {"PDL": True, "launch_pdl": True}
@@ -162,8 +160,7 @@ def let_next_kernel_launch(PDL: tl.constexpr):
     """With PDL: let the next kernel launch now (its programs wait in ``wait_for_previous_kernel``)
     rather than when this one's last program exits. For kernels of many short programs (quantization,
     routing): the GEMMs after them start on every SM. GEMMs do not call it: the programs of the GEMM
-    after them would take the SMs that free up first, unevenly (H100, back-to-back M = 1 decode
-    GEMMs: 55 -> 60-62 us)."""
+    after them would take the SMs that free up first, unevenly."""
     if PDL:
         gdc_launch_dependents()
 

@@ -1,6 +1,6 @@
 """The activation-quantization arithmetic every kernel shares (Triton device functions).
 
-Dynamic scheme (CONTRACT.md): per row and per group of ``block_k`` elements,
+Dynamic scheme (the contract in README.md): per row and per group of ``block_k`` elements,
 ``s = max(amax(|x|) / 448, 1e-12)`` and ``q = e4m3(clamp(x / s, -448, 448))``, rounded to nearest
 even. The quotients are IEEE round-to-nearest (``tl.div_rn``, or ``divide_by_scale``, which gives
 the same codes with one division per group): Triton's plain ``/`` on float32 is an approximate

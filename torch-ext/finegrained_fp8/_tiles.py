@@ -20,20 +20,13 @@ _MIN_K_BLOCKS_PER_SPLIT = 4
 # Up to this many tokens the GEMM streams weights (memory-bound); above it, it is compute-bound.
 DECODE_MAX_M = 64
 # Up to this many tokens, where the 64 x 128 tiles already give every SM a program, 64 x 64 tiles
-# with 3 stages did better in an H100 sweep (2026-11-25, candidates now in benchmarks/sweep_tiles.py;
-# M=128 and 256: +4-13% on 18432x7168 and 24576x1536); where they do not (7168x18432), split-K over
-# 64 x 128 tiles stays ahead.
+# with 3 stages are faster; where they do not, split-K over 64 x 128 tiles stays ahead.
 _NARROW_MAX_M = 256
 _NARROW_SHAPE = (64, 64, 4, 3)
 # Pipeline depth of the weight-streaming tiles, each stage (block_n + block_m) x block_k bytes of
 # shared memory. Expert GEMMs take one stage less than dense ones: their grids hold more programs
-# than the SMs fit at once (every tile of every expert, or the few-rows kernel's program per weight
-# tile and row), and with 16-token tiles four fit an SM at 50 KB where three fit at 60 KB. H200 A/B
-# (2026-12-02, same process, benchmarks/RESULTS.md): 5 stages took 0.84-1.01x the time of 6 on MoE
-# decode and the plain-Triton grouped sizes (Qwen3 down at 2 and 32 tokens 0.86x and 0.85x,
-# DeepSeek-V3 gate_up at 1 token 0.89x), except Qwen3 gate_up at 2 tokens (1.07x: its 384 programs
-# already fit at 6); dense decode with 5: pre-quantized 0.97-1.00x but fused 1.01-1.05x at M = 1 and
-# 16, so it keeps 6.
+# than the SMs fit at once, and with 16-token tiles four fit an SM at 5 stages where three fit at 6
+# (docs/DESIGN.md, "Plain-Triton GEMMs").
 _DENSE_DECODE_STAGES = 6
 _EXPERT_DECODE_STAGES = 5
 
@@ -56,7 +49,7 @@ def _tile_shape(m: int, decode_stages: int = _DENSE_DECODE_STAGES) -> tuple[int,
     if m <= DECODE_MAX_M:
         # Stream the weights: narrow weight tiles and a deep pipeline, token tile just wide enough.
         return (16 if m <= 16 else (32 if m <= 32 else 64)), 64, 4, decode_stages
-    # Best of benchmarks/sweep_tiles.py on the H100 at M=128 and M=4096 (2026-11-25).
+    # Best of benchmarks/sweep_tiles.py at M = 128 and 4096.
     return 64, 128, 4, 4
 
 
@@ -127,27 +120,11 @@ def wgmma_tiles(m: int, k: int, dense_n: int | None, device: torch.device) -> Wg
     per expert), or None where the plain-Triton kernel is faster (decode sizes stream weights
     through narrow tiles). ``dense_n``: the weight rows of a dense matmul; None for grouped calls.
 
-    H100 sweeps (2026-11-25; dense 18432x7168, 7168x18432, 24576x1536, candidates in
-    benchmarks/sweep_tiles.py --wgmma; grouped DeepSeek-V3 and Qwen3-30B experts at 4096 and 8192
-    tokens, top-8):
-    - dense, up to 128 tokens: 64 x 64 tiles, 4 stages, three programs per SM where there are tiles
-      for three (else two): 495-568 TFLOPS at M = 128 against 426-487 with 64 x 128 tiles, of which
-      there are only 112-384 for 264 program slots (a short last wave, or empty slots); cuBLAS
-      439-524;
-    - dense 129-192 tokens, grouped up to 256 rows per expert with K <= 1024: 64 x 128 tiles, two
-      programs per SM (Qwen3 down, K = 768: 598-607 against 543-571 with 128-token tiles). Dense,
-      H200 (2026-12-02, the kernel alone, table in benchmarks/RESULTS.md): against 128 x 128 tiles
-      they are 1.5-1.6x faster on 18432x7168 at M = 160 and 192 and at most 5% slower elsewhere
-      there, but at M = 256 128 x 128 tiles with 4 stages are 3-20% faster (with 3 stages they are
-      not): so dense calls of 193-256 tokens take those;
-    - otherwise 128 x 128 tiles, one program per SM, 4 stages. Grouped, they beat 64-token tiles
-      even at 128 rows per expert where K is large: DeepSeek-V3 gate_up (K = 7168) 517-718 against
-      282-369, Qwen3 gate_up (K = 2048) 728-751 against 617-649. Their math warpgroups take the K
-      blocks two at a time (``_wgmma._k_blocks_in_pairs``), which needs the fourth slot: with 3 the
-      long-K dense shapes were 1.21-1.38x slower (H200, 2026-12-04). Before the pairs, 3 stages were
-      as fast on long K (dense 920-1115 TFLOPS at M >= 1024) and 4 faster where K <= 2048 (K = 1536:
-      919-999 against 836-924: each tile has few K blocks, so the ring must reach further into the
-      next tile while the math warps store).
+    Dense calls of up to 128 tokens take 64 x 64 tiles (three programs per SM where there are tiles
+    for three), up to 192 tokens 64 x 128 tiles (two per SM); grouped calls 64 x 128 tiles up to 256
+    rows per expert where K <= 1024; everything else 128 x 128 tiles, one program per SM, 4 ring slots
+    (their math warpgroups take the K blocks two at a time, which needs the fourth). The sweeps behind
+    these bounds: docs/DESIGN.md, "The Gluon Hopper GEMM".
     """
     if m <= DECODE_MAX_M:
         return None
@@ -174,6 +151,6 @@ def expert_tiles(rows: int, experts: int, k: int, block_k: int, device: torch.de
     if rows_per_expert <= DECODE_MAX_M:
         shape = _tile_shape(rows_per_expert, _EXPERT_DECODE_STAGES)
     else:
-        # Best of a sweep on the H100 at 4096 tokens, top-8, DeepSeek-V3 and Qwen3-30B experts (2026-11-25).
+        # Best of benchmarks/sweep_tiles.py at 4096 tokens, top-8, DeepSeek-V3 and Qwen3-30B experts.
         shape = (64, 256, 8, 3)
     return _gemm_tiles(shape, block_k, cdiv(k, block_k), 1, device)

@@ -1,8 +1,7 @@
 """Hopper (sm_90) block-scaled FP8 GEMM in Gluon, for prefill sizes.
 
 Why a second kernel: with ``tl.dot`` every 128-wide K block's fresh FP8 product must be waited for
-before it is scaled, and Triton 3.6 then leaves the tensor cores idle between blocks (the H100 ran
-the plain-Triton kernel at 520-580 TFLOPS on DeepSeek-V3 prefill shapes). Here the pipeline is
+before it is scaled, and Triton 3.6 then leaves the tensor cores idle between blocks. Here the pipeline is
 explicit: a loader warp's TMA copies fill a ring of ``STAGES`` shared-memory slots, each ready slot
 feeds one ``wgmma`` per math warpgroup (one or two, 64 token rows each, each its own partition),
 and the next copies are issued while that wgmma runs (with two math warpgroups, each keeps two K
@@ -11,7 +10,8 @@ fresh FP8 product per K block, scaled by its activation and weight scales and ad
 
 Gluon does not run under Triton's interpreter, so the plain-Triton kernel is the twin CI tests;
 a GPU test pins the two to each other. Gluon launches cannot be traced by torch.compile, so traced
-calls reach this kernel through an opaque custom op (``gemm_wgmma``).
+calls reach this kernel through an opaque custom op (``gemm_wgmma``). The measurements behind its
+choices: docs/DESIGN.md, "The Gluon Hopper GEMM".
 """
 
 from __future__ import annotations
@@ -46,17 +46,11 @@ _GROUP_M = 8
 _GROUP_ROWS = gl.constexpr(64)
 # Output dtypes stored through a TMA copy from shared memory (see _store_tile).
 _TMA_OUTPUT_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-# Grouped calls store through TMA only up to this K. H200, same-run A/B against stores from registers
-# (2026-12-01, two runs): Qwen3-30B down (K = 768) at 4096 and 8192 tokens 7-10% faster, DeepSeek-V3
-# gate_up (K = 7168) 2-3% slower, K = 2048 within the noise. Dense: 24576x1536 at M = 1024 6-7%
-# faster, the other shapes within the noise (+-3%). Again with the paired K blocks (2026-12-04): up to
-# K = 2048 or 8192 at most 1.5-3.5% faster, inside the spread of two copies of one build.
+# Grouped calls store through TMA only up to this K: beyond it the TMA stores were no faster than
+# stores from registers, and slower on long K.
 _GROUPED_TMA_STORE_MAX_K = 1024
-# The loader warp only computes addresses, but the per-tile expert lookup of grouped calls needs more
-# than the 24 a warp can be given: with 24 it spilled over 256 experts, and DeepSeek-V3 grouped GEMMs
-# (H100, 4096 and 8192 tokens) ran 450-694 TFLOPS against 507-698 with 40 (32: in between). With 40
-# it spilled 3 registers on 128-token tiles until the lookup held the experts 8 to a thread (see
-# ``_expert_rows``); 48 had removed them but ran 1.00-1.10x slower (H200, same-process A/B, 2026-12-02).
+# The loader warp only computes addresses, but the per-tile expert lookup of grouped calls spills in
+# fewer registers (over 256 experts), and more ran slower.
 _LOADER_REGISTERS = gl.constexpr(40)
 # The second math warpgroup of 128-token tiles (a worker partition; the first is the default one and
 # gets what is left of the launch's registers, 240 here): two products in flight need 64 x 128 float32
@@ -84,9 +78,9 @@ def _expert_rows(pid_m, ends_ptr, num_experts, BLOCK_M: gl.constexpr, BLOCK_E: g
     expert >= num_experts.
 
     Every warp of the partition holds all BLOCK_E experts (8 per thread over 256), so the scans and
-    sums stay within a warp: spread over the partition's warps they crossed them through shared
-    memory and barriers, once per tile in every partition (H200, same-process A/B, 2026-12-03:
-    grouped Qwen3-30B 3-5% and DeepSeek-V3 down 4-5% faster, DeepSeek-V3 gate_up level)."""
+    sums stay within a warp: spread over the partition's warps they would cross them through shared
+    memory and barriers, once per tile in every partition. (The Triton twin, ``moe._expert_tile``,
+    cannot be shared: Gluon and Triton device functions do not call each other.)"""
     layout: gl.constexpr = gl.BlockedLayout([BLOCK_E // 32], [32], [gl.num_warps()], [0])
     e = gl.arange(0, BLOCK_E, layout=layout)
     valid = e < num_experts
@@ -122,10 +116,7 @@ def _has_half_tiles(block_m: int, block_n: int, block_e: int) -> bool:
 def _split_tail(full_tiles, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_E: gl.constexpr):
     """How many of the last whole tiles are cut in two half tiles (see ``_tile_origin``): dense
     128 x 128 tiles only, the R = full_tiles mod programs tiles of a last wave that would leave more
-    than half of the programs idle (2R <= programs). Their 2R halves then share out the last wave.
-    H200, 7168x18432 at M = 1024 (448 tiles, 132 programs): 4.3-4.6% faster in two A/B runs, the
-    last wave taking about 0.8 of a whole one (a half tile's 64-column wgmmas run well below the
-    rate of 128-column ones)."""
+    than half of the programs idle (2R <= programs). Their 2R halves then share out the last wave."""
     tail = 0
     if _has_half_tiles(BLOCK_M, BLOCK_N, BLOCK_E):
         tail = full_tiles % gl.num_programs(0)
@@ -151,10 +142,8 @@ def _tile_origin(
 
     Dense 128-row tiles of a short last wave are cut in halves of _GROUP_ROWS rows (``_split_tail``:
     the last 2R tile numbers are the top and bottom halves of the last R whole tiles), and each math
-    warpgroup computes half of a half tile's columns. Grouped calls have no half tiles: the same
-    split of experts' last tiles of at most _GROUP_ROWS rows made DeepSeek-V3 gate_up 4-5% slower
-    (H200, 4096 and 8192 tokens). Nor do they take their tiles expert by expert (each weight tile's
-    token tiles side by side): within the runs' spread (H200, 2026-12-04).
+    warpgroup computes half of a half tile's columns. Grouped calls have no half tiles (they were
+    slower there).
     """
     tiles_m = _token_tiles(M, num_experts, BLOCK_M, BLOCK_E)
     whole = tile
@@ -280,13 +269,9 @@ def _store_tile(acc, out_desc, out_buf, out_ptr, first, row_end, col0, N, stride
 @gluon.constexpr_function
 def _k_blocks_in_pairs(block_m: int) -> bool:
     """Whether each math warpgroup runs the K blocks two at a time (``_tile_product``): on 128-token
-    tiles, where the second math warpgroup has the registers for two products in flight.
-    H200, same-process A/B against one block at a time (2026-12-04, outputs bitwise equal), with 4
-    ring slots: dense 18432x7168 and 7168x18432 at M = 1024 and 4096 0.90-0.97x the time, grouped
-    DeepSeek-V3 gate_up (8192 and 4096 tokens) 0.93-0.96x, K <= 2048 within the runs' spread
-    (0.97-1.05x). With 3 slots it was 1.21-1.38x slower on the long-K dense shapes (a warpgroup
-    holding two slots left the loader one); 4 slots alone, one block at a time, 0.98-1.04x. On
-    64-token tiles (one math warpgroup) pairs were 4-12% slower (benchmarks/RESULTS.md)."""
+    tiles, where the second math warpgroup has the registers for two products in flight. It needs 4
+    ring slots (a warpgroup holding two of three would leave the loader one); on 64-token tiles pairs
+    were slower."""
     return block_m == 2 * _GROUP_ROWS.value
 
 
@@ -585,14 +570,7 @@ def _whole_token_tiles(x: torch.Tensor, tiles: WgmmaTiles) -> torch.Tensor:
     """x (M, K) e4m3 for a dense call, or, on 64 x 64 tiles (65-128 tokens) where the last token tile
     would miss at least _PAD_MIN_MISSING_ROWS rows, a copy with zero rows appended up to whole tiles.
     Only the TMA copies of token tiles read the padding; M, the scales and the stores keep the real
-    rows.
-
-    The tiles that reach past the end of x were slow: H200, the kernel alone on 7168x18432 /
-    18432x7168, us: 92.9 / 89.9 at M = 72 and 67.8 / 72.9 at M = 96, against 53.2 / 50.1 at M = 128
-    for as many tiles. With the copy (same-process A/B, the pre-quantized matmul, all three runner
-    shapes): M = 72 0.64-0.71x the time, M = 96 0.74-0.84x; M = 112 (16 rows missing, not copied)
-    unchanged. On larger tiles the copy did not pay: M = 200 (64 x 128) 0.94-1.09x, M = 1030
-    (128 x 128) 0.95-1.03x.
+    rows. Tiles whose TMA copies reach past the end of x were slow; on larger tiles the copy did not pay.
     """
     missing = -x.shape[0] % tiles.block_m
     if (tiles.block_m, tiles.block_n) != (64, 64) or missing < _PAD_MIN_MISSING_ROWS:

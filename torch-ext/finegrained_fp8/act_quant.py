@@ -22,8 +22,8 @@ from ._quant import quantize_rows, quantize_static
 from ._validation import ACTIVATION_DTYPES, FP8_DTYPE, check_devices, check_positive_int, check_tensor
 
 # Elements one program quantizes: large enough to keep 16-byte loads in flight, small enough to
-# give thousands of programs on prefill-sized inputs (16 rows of a 128-group; the H200 sweep of
-# this choice is in benchmarks/RESULTS.md).
+# give thousands of programs on prefill-sized inputs (16 rows of a 128-group; docs/DESIGN.md,
+# "Activation quantization").
 _ELEMENTS_PER_PROGRAM = 2048
 
 

@@ -1,10 +1,8 @@
 """Dense W8A8 FP8 matmul: block-wise and per-tensor scales, pre-quantized or raw activations.
 
-Raw activations (``matmul_2d``) are quantized by the ``fp8_act_quant`` kernel, then multiplied.
-Quantizing inside the GEMM was measured slower at every size (each weight tile's program
-re-quantizes the same activation tile; H200, with one division per group: 1.2-2.0x the time at
-M = 1-16), while the separate pass costs about a microsecond at decode and 0-9% of the time above
-(H200 table in benchmarks/RESULTS.md).
+Raw activations (``matmul_2d``) are quantized by the ``fp8_act_quant`` kernel, then multiplied: inside
+the GEMM every weight tile's program would repeat the quantization of the same rows (docs/DESIGN.md,
+"Quantization stays a separate launch").
 
 ``out[m, n] = sum_k dequant(x)[m, k] * dequant(w)[n, k]``, float32 accumulation. In block mode each
 K block of ``block_k`` is a fresh FP8 dot product, scaled by its activation and weight scales and

@@ -19,14 +19,8 @@ and can be captured in a CUDA graph and replayed with a different routing.
 
 Activations are quantized first by ``fp8_act_quant``'s kernel (per row and ``block_k`` group; per
 row over all of K in per-tensor mode), one launch over the S rows, so codes and scales are exactly
-``fp8_act_quant``'s. Quantizing inside the expert kernel was built and measured 1.0-5.7x slower on
-the H100 (DeepSeek-V3 gate_up, 1 token: 151 us fused vs 92 us; 4096 tokens: 27.8 ms vs 4.8 ms),
-and inside ``_few_rows_kernel`` 2.4-6.0x slower on the H200 at 1-2 tokens: every weight tile's
-program repeats the IEEE divisions of the same rows. With one division per group it is still
-1.15-2.2x slower (H200, 1-128 tokens): each K step's codes pass through shared memory before its dot.
-Nor did a one-launch kernel for decode on the CUDA cores (program: 8-64 weight rows x one row, the row
-quantized in it) win: 1.1-1.4x slower on the H200 except Qwen3-30B down at 1 token (0.86x), its
-activation groups crossing warps through shared memory every step (benchmarks/RESULTS.md).
+``fp8_act_quant``'s (why not inside the expert kernels: docs/DESIGN.md, "Quantization stays a
+separate launch").
 """
 
 from __future__ import annotations
@@ -62,16 +56,14 @@ from .act_quant import quantize_2d
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
-# Up to this many rows the routing kernel places them; beyond it torch sorts them. Each of the E + 1
-# programs scans every row, so the kernel's work grows with rows x experts (H100, E = 128 or 256:
-# 2.2 us at 8 rows, 3.2-3.5 at 1024, 5.7-6.9 at 4096, 17-22 at 16384; torch's sort path 21-52 us up
-# to 4096 rows, 95 at 16384, and both about 70-85 at 65536).
+# Up to this many rows the routing kernel places them; beyond it torch sorts them: each of the E + 1
+# programs scans every row, so the kernel's work grows with rows x experts (docs/DESIGN.md, "MoE routing").
 _ROUTE_MAX_ROWS = 16384
 # Batched calls of up to this many rows (decode, 1-2 tokens at top-8) need no routing launch
 # (``_few_rows_kernel``). It is also the token tile of ``expert_tiles`` at these sizes: one tile holds
 # all of an expert's rows, and the products are those of the grouped kernel, bit for bit.
 FEW_ROWS_MAX = 16
-# Rows a routing program compares per step (8 warps; 1024 and 2048 were 5-45% slower at 4096 rows and more).
+# Rows a routing program compares per step (8 warps; smaller chunks were slower from 4096 rows).
 _ROUTE_CHUNK = 4096
 
 
@@ -122,7 +114,8 @@ def _expert_tile(pid_m, ends_ptr, num_buckets, BLOCK_M: tl.constexpr, BLOCK_E: t
     into tiles of BLOCK_M. The tile table is rebuilt in registers from one vector load: a prefix sum
     of the tile counts, and the tile's bucket is the number of buckets that end at or before it (no
     chain of dependent loads as a search through memory would need). Surplus tiles get a bucket
-    >= num_buckets.
+    >= num_buckets. Its Gluon twin is ``_wgmma._expert_rows``: Gluon and Triton device functions do
+    not call each other.
     """
     e = tl.arange(0, BLOCK_E)
     valid = e < num_buckets
@@ -251,7 +244,7 @@ def _expert_gemm_kernel(
         out_ptrs = out_ptr + rows[None, :] * stride_om + offs_n[:, None]
         out_mask = (offs_n < N)[:, None] & row_ok[None, :]
         if bucket < num_experts:
-            # Masking the repeated rows of partial expert tiles: no gain (H200, batched 1-32 tokens).
+            # Partial expert tiles read repeated rows unmasked: masking them measured no faster.
             acc = _expert_tile_product(
                 w_ptr, ws_ptr, x_ptr, xs_ptr, bucket, offs_n, pos, row_ok,
                 N, K, stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_xm, stride_xsm, stride_xsk,
