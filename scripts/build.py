@@ -6,8 +6,9 @@ is ``_finegrained_fp8_<backend>_<first 7 hex of the git tree id>`` (``_dirty`` a
 work tree has uncommitted changes), and ``metadata.json``. ``--dev`` also writes the git-ignored
 ``torch-ext/finegrained_fp8/_ops.py`` so the package can be imported straight from ``torch-ext``.
 
-    python scripts/build.py                  # build/torch-cuda
-    python scripts/build.py --backend cpu    # build/torch-cpu, for local CPU tests only
+    python scripts/build.py                  # the backend this machine has: build/torch-cuda on a CUDA GPU,
+                                             # build/torch-cpu (Triton's interpreter) on a CPU machine
+    python scripts/build.py --backend cuda   # a named backend (cuda, rocm, xpu, cpu)
 """
 
 from __future__ import annotations
@@ -88,6 +89,17 @@ def build(backend: str, out_dir: Path, tree: str) -> Path:
     return variant
 
 
+def local_backend() -> str:
+    """The backend of the machine's torch: rocm, cuda or xpu where it has such a GPU, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "rocm" if torch.version.hip else "cuda"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    return "cpu"
+
+
 def write_dev_ops(backend: str, tree: str) -> Path:
     path = SOURCE / "_ops.py"
     path.write_text(render_ops(op_namespace(backend, tree)))
@@ -96,13 +108,15 @@ def write_dev_ops(backend: str, tree: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=BACKENDS, action="append", help="variant(s) to build (default: cuda)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, action="append", help="variant(s) to build (default: this machine's)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build", help="output directory (default: build/)")
     parser.add_argument("--tree-id", help="override the 7-hex tree id (tests use it to build distinct namespaces)")
     parser.add_argument("--dev", action="store_true", help="also write torch-ext/finegrained_fp8/_ops.py")
     args = parser.parse_args()
     tree = args.tree_id or tree_hash()
-    backends = args.backend or ["cuda"]
+    backends = args.backend or [local_backend()]
     for backend in backends:
         print(build(backend, args.out, tree))
     if args.dev:

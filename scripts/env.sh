@@ -1,5 +1,5 @@
 # Sourced by the scripts in this folder: picks the Python that runs the project.
-# On a machine whose python3 already has torch with a CUDA GPU (the device machine), that one is used
+# On a machine whose python3 already has torch with a CUDA GPU, that one is used
 # as it is. Anywhere else a pinned CPU environment is created once in .venv from requirements-ci.txt
 # and the kernels run through Triton's interpreter.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -7,6 +7,7 @@ if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   PY=python3
 else
   if [ ! -x "$ROOT/.venv/bin/python" ] || ! cmp -s "$ROOT/requirements-ci.txt" "$ROOT/.venv/requirements-ci.txt"; then
+    echo "Creating the pinned CPU environment in .venv (requirements-ci.txt; first run only, a few minutes)" >&2
     python3 -m venv "$ROOT/.venv"
     "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-ci.txt"
     cp "$ROOT/requirements-ci.txt" "$ROOT/.venv/requirements-ci.txt"

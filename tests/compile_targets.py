@@ -114,7 +114,7 @@ def recording_as(facts):
         "multiprocessor_count": lambda device: facts.multiprocessors,
         "launch_kernel": record,
     }
-    names = ("_device", "_launch", "_tiles", "_wgmma", "act_quant", "dense", "moe")
+    names = ("_device", "_launch", "_tiles", "_wgmma", "_routing", "_quantize", "dense", "moe")
     modules = [sys.modules[f"finegrained_fp8.{n}"] for n in names if f"finegrained_fp8.{n}" in sys.modules]
     saved = [(m, n, getattr(m, n)) for m in modules for n in _PATCHED_NAMES if hasattr(m, n)]
     try:
@@ -138,15 +138,15 @@ def weight(n: int, k: int, block, scale_dtype=torch.float32, experts: int | None
 def representative_calls() -> list:
     """Calls of the internal launchers that between them reach every variant the tile policy picks (on
     meta tensors: the launchers read shapes, strides and dtypes only; meta allocations count as aligned)."""
-    act_quant, dense, moe = module("act_quant"), module("dense"), module("moe")
+    quantize, dense, moe = module("_quantize"), module("dense"), module("moe")
     calls = []
     for dtype in (torch.float16, torch.float32):
-        calls.append(lambda d=dtype: act_quant.quantize_2d(torch.empty(16, 7168, dtype=d), 128))
+        calls.append(lambda d=dtype: quantize.quantize_2d(torch.empty(16, 7168, dtype=d), 128))
     for m, k, group in ((1, 7168, 128), (4096, 7168, 128), (3, 1000, 32), (5, 768, 768)):
-        calls.append(lambda m=m, k=k, g=group: act_quant.quantize_2d(torch.empty(m, k, dtype=torch.bfloat16), g))
-    calls.append(lambda: act_quant.quantize_2d(torch.empty(8, 256), 128, power_of_two_scale=True))
-    calls.append(lambda: act_quant.quantize_2d(torch.empty(8, 256), 256, static_scale=torch.empty(1)))
-    calls.append(lambda: act_quant.quantize_2d(torch.empty(8, 256), 128, source_rows=torch.empty(8, dtype=torch.int32)))
+        calls.append(lambda m=m, k=k, g=group: quantize.quantize_2d(torch.empty(m, k, dtype=torch.bfloat16), g))
+    calls.append(lambda: quantize.quantize_2d(torch.empty(8, 256), 128, power_of_two_scale=True))
+    calls.append(lambda: quantize.quantize_2d(torch.empty(8, 256), 256, static_scale=torch.empty(1)))
+    calls.append(lambda: quantize.quantize_2d(torch.empty(8, 256), 128, source_rows=torch.empty(8, dtype=torch.int32)))
 
     def gemm(m, n, k, block=(128, 128), scale_dtype=torch.float32, out_dtype=torch.bfloat16):
         w, ws = weight(n, k, block, scale_dtype)

@@ -8,6 +8,7 @@ temporary directory and obtained through ``kernels.get_kernel`` with ``LOCAL_KER
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.metadata
 import os
@@ -37,7 +38,7 @@ BACKEND = "cuda" if HAS_CUDA else "cpu"
 # FakeTensor part of opcheck only runs on the GPU, where wrap_triton skips the launch.
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if HAS_CUDA else ())
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (runs on the device machine)")
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 requires_hopper = pytest.mark.skipif(
     not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the Gluon kernels run on Hopper (sm_90)"
 )
@@ -97,8 +98,19 @@ def pytest_report_header(config) -> str:
     return f"finegrained-fp8: backend={BACKEND}, {loader}, random data seed FP8_TEST_SEED={RUN_SEED}"
 
 
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Name the data seed when something failed, also under ``-q`` (which drops the header)."""
+    """One line counting the skipped tests by reason, and the data seed when something failed, also
+    under ``-q`` (which drops the header and the skip reasons)."""
+    skipped = collections.Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", []))
+    if skipped:
+        counts = "; ".join(f"{count} {reason}" for reason, count in skipped.most_common())
+        terminalreporter.write_line(f"skipped: {counts}")
     if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
         terminalreporter.write_line(f"failed with random data seed FP8_TEST_SEED={RUN_SEED} (set it to rerun them)")
 

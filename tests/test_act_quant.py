@@ -121,7 +121,7 @@ def test_static_codes_exact_for_every_bf16_value(fp8, device, scale):
     """The static scheme's codes (the quantization inside ``matmul_2d(..., activation_scale=)``) for
     every finite bf16 value, with ordinary scales and extreme ones (near either end of the normal
     range, subnormal, huge, 0, Inf, NaN), where quotients also overflow and give NaN."""
-    quantize_2d = sys.modules[fp8.fp8_act_quant.__module__].quantize_2d
+    quantize_2d = sys.modules[f"{fp8.__name__}._quantize"].quantize_2d
     x = _every_finite_value(torch.bfloat16).reshape(-1, 128)
     s = torch.tensor(scale, dtype=torch.float32)
     q, s_used = quantize_2d(x.to(device), 128, s.to(device))

@@ -78,20 +78,20 @@ def test_both_routing_paths_order_rows_stably(fp8, device, gen, monkeypatch, id_
     """The routing kernel and the torch path used past _ROUTE_MAX_ROWS give the same stable order
     and bucket ends (int32 both, so the expert GEMM gets the same inputs from either), and batched
     results through the kernel's routing match the reference."""
-    moe = sys.modules[fp8.matmul_batched.__module__]
-    monkeypatch.setattr(moe, "_ROUTE_CHUNK", chunk)
+    routing = sys.modules[f"{fp8.__name__}._routing"]
+    monkeypatch.setattr(routing, "_ROUTE_CHUNK", chunk)
     ids = random_ids(rows, experts, gen, device, id_dtype, sentinels=6)
     ids[3] = -2
     bucket = torch.where((ids >= 0) & (ids < experts), ids, experts).cpu()
     order = torch.sort(bucket, stable=True).indices
     ends = torch.cumsum(torch.bincount(bucket, minlength=experts + 1), 0)
-    kernel_threshold = moe._ROUTE_MAX_ROWS
+    kernel_threshold = routing._ROUTE_MAX_ROWS
     for threshold in (kernel_threshold, 0):  # the kernel, then torch
-        monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", threshold)
-        perm, got_ends = moe._route(ids, experts)
+        monkeypatch.setattr(routing, "_ROUTE_MAX_ROWS", threshold)
+        perm, got_ends = routing.route(ids, experts)
         assert perm.dtype == got_ends.dtype == torch.int32
         assert torch.equal(perm.cpu().long(), order) and torch.equal(got_ends.cpu().long(), ends)
-    monkeypatch.setattr(moe, "_ROUTE_MAX_ROWS", kernel_threshold)
+    monkeypatch.setattr(routing, "_ROUTE_MAX_ROWS", kernel_threshold)
     b, bs = make_expert_weights(experts, 64, 256, BLOCK, gen, device)
     a = make_activation((rows, 256), torch.bfloat16, gen, device)
     assert_matches(fp8.matmul_batched(a, b, bs, ids, BLOCK), moe_reference(a, b, bs, ids, BLOCK), torch.bfloat16)

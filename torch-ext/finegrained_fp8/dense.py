@@ -27,6 +27,7 @@ from ._launch import (
     wait_for_previous_kernel,
     with_unit_k_stride,
 )
+from ._quantize import as_rows, quantize_2d
 from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -36,7 +37,6 @@ from ._validation import (
     check_tensor,
     check_weights,
 )
-from .act_quant import as_rows, quantize_2d
 
 
 @triton.jit
@@ -243,7 +243,7 @@ def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, block: t
         )
 
 
-def w8a8_fp8_matmul(
+def matmul_prequantized(
     A: torch.Tensor,
     B: torch.Tensor,
     As: torch.Tensor,
@@ -274,31 +274,6 @@ def w8a8_fp8_matmul(
     return _fp8_matmul(A, B, As, Bs, *block_to_op_args(block), output_dtype)
 
 
-def w8a8_block_fp8_matmul(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    As: torch.Tensor,
-    Bs: torch.Tensor,
-    block_size: list[int] | tuple[int, int],
-    output_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Block-scaled FP8 matmul; see ``w8a8_fp8_matmul`` for shapes. ``block_size`` is required."""
-    if block_size is None:
-        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul")
-    return w8a8_fp8_matmul(A, B, As, Bs, block_size, output_dtype)
-
-
-def w8a8_tensor_fp8_matmul(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    As: torch.Tensor,
-    Bs: torch.Tensor,
-    output_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Per-tensor FP8 matmul: As one element, (M,) or (M, 1); Bs one element. See ``w8a8_fp8_matmul``."""
-    return w8a8_fp8_matmul(A, B, As, Bs, None, output_dtype)
-
-
 def matmul_2d(
     A: torch.Tensor,
     B: torch.Tensor,
@@ -311,7 +286,7 @@ def matmul_2d(
 
     Args:
         A: (..., K) bfloat16, float16 or float32.
-        B, Bs, block_size: as in ``w8a8_fp8_matmul``.
+        B, Bs, block_size: as in ``matmul_prequantized``.
         output_dtype: None means A's dtype.
         activation_scale: None for dynamic quantization (per row and block_k group in block mode,
             per row in per-tensor mode, exactly as ``fp8_act_quant``); a one-element float32 tensor

@@ -37,12 +37,13 @@ from ._launch import (
     cdiv,
     dependent_launch_options,
     launch_kernel,
-    let_next_kernel_launch,
     next_power_of_two,
     registered_op,
     wait_for_previous_kernel,
     with_unit_k_stride,
 )
+from ._quantize import quantize_2d
+from ._routing import bucket_of, route
 from ._tiles import GemmTiles, expert_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -52,58 +53,13 @@ from ._validation import (
     check_vector,
     check_weights,
 )
-from .act_quant import quantize_2d
 
 ID_DTYPES = (torch.int32, torch.int64)
 TOKENS_PER_EXPERT_DTYPES = (torch.int32, torch.int64, torch.float32)
-# Up to this many rows the routing kernel places them; beyond it torch sorts them: each of the E + 1
-# programs scans every row, so the kernel's work grows with rows x experts (docs/DESIGN.md, "MoE routing").
-_ROUTE_MAX_ROWS = 16384
 # Batched calls of up to this many rows (decode, 1-2 tokens at top-8) need no routing launch
 # (``_few_rows_kernel``). It is also the token tile of ``expert_tiles`` at these sizes: one tile holds
 # all of an expert's rows, and the products are those of the grouped kernel, bit for bit.
 FEW_ROWS_MAX = 16
-# Rows a routing program compares per step (8 warps; smaller chunks were slower from 4096 rows).
-_ROUTE_CHUNK = 4096
-
-
-@triton.jit
-def _bucket(ids_ptr, rows, valid, E):
-    """bucket(s) = expert_ids[s] when 0 <= id < E, else E (sentinel)."""
-    ids = tl.load(ids_ptr + rows, mask=valid, other=0).to(tl.int64)
-    return tl.where((ids >= 0) & (ids < E), ids, E).to(tl.int32)
-
-
-@triton.jit
-def _route_kernel(ids_ptr, perm_ptr, ends_ptr, S, E, CHUNK: tl.constexpr, PDL: tl.constexpr):
-    """Order S rows by bucket (stable). Program b places the rows of bucket b: a first scan over all
-    rows counts those in earlier buckets (where bucket b starts), a second stores bucket b's rows in
-    row order; both in steps of CHUNK rows.
-
-    perm (S,) int32: perm[pos] = the row at position pos. ends (E + 1,) int32: ends[b] = the number of
-    rows with bucket <= b (inclusive cumulative counts of buckets 0..E). No program waits for
-    another, and each reads only the ids.
-    """
-    wait_for_previous_kernel(PDL)
-    let_next_kernel_launch(PDL)
-    b = tl.program_id(0)
-    start = 0
-    count = 0
-    for first in range(0, S, CHUNK):
-        rows = first + tl.arange(0, CHUNK)
-        ok = rows < S
-        theirs = _bucket(ids_ptr, rows, ok, E)
-        start += tl.sum(((theirs < b) & ok).to(tl.int32), 0)
-        count += tl.sum(((theirs == b) & ok).to(tl.int32), 0)
-    tl.store(ends_ptr + b, start + count)
-    if count > 0:
-        placed = start
-        for first in range(0, S, CHUNK):
-            rows = first + tl.arange(0, CHUNK)
-            mine = (_bucket(ids_ptr, rows, rows < S, E) == b) & (rows < S)
-            taken = mine.to(tl.int32)
-            tl.store(perm_ptr + placed + tl.cumsum(taken, 0) - 1, rows, mask=mine)
-            placed += tl.sum(taken, 0)
 
 
 @triton.jit
@@ -298,7 +254,7 @@ def _few_rows_kernel(
     slot = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
     present = rows < S
-    buckets = _bucket(ids_ptr, rows, present, num_experts)
+    buckets = bucket_of(ids_ptr, rows, present, num_experts)
     bucket = tl.sum(tl.where(rows == slot, buckets, 0), 0)
     mine = present & (buckets == bucket)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -314,30 +270,6 @@ def _few_rows_kernel(
         )  # fmt: skip
         out_ptrs = out_ptr + x_rows[None, :] * stride_om + offs_n[:, None]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & mine[None, :])
-
-
-def _route(expert_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(perm (S,) int32, ends (E + 1,) int32): rows ordered by expert, sentinels last (see _route_kernel)."""
-    s = expert_ids.shape[0]
-    if s > _ROUTE_MAX_ROWS:
-        valid = (expert_ids >= 0) & (expert_ids < num_experts)
-        bucket = torch.where(valid, expert_ids, num_experts)
-        ordered, perm = torch.sort(bucket, stable=True)
-        every_bucket = torch.arange(num_experts + 1, device=bucket.device, dtype=bucket.dtype)
-        ends = torch.searchsorted(ordered, every_bucket, right=True)
-        return perm.to(torch.int32), ends.to(torch.int32)
-    perm = torch.empty(s, dtype=torch.int32, device=expert_ids.device)
-    ends = torch.empty(num_experts + 1, dtype=torch.int32, device=expert_ids.device)
-    launch_kernel(
-        _route_kernel,
-        (num_experts + 1,),
-        (expert_ids, perm, ends, s, num_experts),
-        expert_ids.device,
-        CHUNK=min(_ROUTE_CHUNK, next_power_of_two(s)),
-        num_warps=8,
-        **dependent_launch_options(expert_ids.device),
-    )
-    return perm, ends
 
 
 def _weight_scale_args(ws: torch.Tensor, experts: int, per_k_scale: bool) -> tuple[torch.Tensor, bool, int, int, int]:
@@ -463,7 +395,7 @@ def _expert_matmul(
     if batched and s <= FEW_ROWS_MAX:
         launch_few_rows(a, b, b_s, out, expert_ids.contiguous(), block)
         return out
-    perm, ends = _route(expert_ids.contiguous(), b.shape[0]) if batched else (None, offsets.contiguous())
+    perm, ends = route(expert_ids.contiguous(), b.shape[0]) if batched else (None, offsets.contiguous())
     launch_expert_gemm(a, b, b_s, out, ends, perm, block, batched)
     return out
 
@@ -566,67 +498,3 @@ def matmul_grouped(
     check_vector("tokens_per_expert", tokens_per_expert, TOKENS_PER_EXPERT_DTYPES, experts, "one per expert of B")
     check_devices(A=A, B=B, Bs=Bs, offsets=offsets, tokens_per_expert=tokens_per_expert)
     return _fp8_matmul_grouped(A, B, Bs, offsets, *block, out_dtype)
-
-
-def w8a8_fp8_matmul_batched(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    Bs: torch.Tensor,
-    expert_ids: torch.Tensor,
-    block_size: list[int] | tuple[int, int] | None,
-) -> torch.Tensor:
-    """Dispatcher of Transformers 5.4-5.10: ``matmul_batched`` with C in A's dtype."""
-    return matmul_batched(A, B, Bs, expert_ids, block_size)
-
-
-def w8a8_block_fp8_matmul_batched(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    Bs: torch.Tensor,
-    expert_ids: torch.Tensor,
-    block_size: list[int] | tuple[int, int],
-) -> torch.Tensor:
-    """Block-scaled ``matmul_batched``; ``block_size`` is required."""
-    if block_size is None:
-        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul_batched")
-    return matmul_batched(A, B, Bs, expert_ids, block_size)
-
-
-def w8a8_tensor_fp8_matmul_batched(
-    A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, expert_ids: torch.Tensor
-) -> torch.Tensor:
-    """Per-tensor ``matmul_batched``: Bs (E,) or (E, 1, 1); activations get one scale per row."""
-    return matmul_batched(A, B, Bs, expert_ids, None)
-
-
-def w8a8_fp8_matmul_grouped(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    Bs: torch.Tensor,
-    offsets: torch.Tensor,
-    tokens_per_expert: torch.Tensor,
-    block_size: list[int] | tuple[int, int] | None,
-) -> torch.Tensor:
-    """Dispatcher of Transformers 5.4-5.10: ``matmul_grouped`` with C in A's dtype."""
-    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, block_size)
-
-
-def w8a8_block_fp8_matmul_grouped(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    Bs: torch.Tensor,
-    offsets: torch.Tensor,
-    tokens_per_expert: torch.Tensor,
-    block_size: list[int] | tuple[int, int],
-) -> torch.Tensor:
-    """Block-scaled ``matmul_grouped``; ``block_size`` is required."""
-    if block_size is None:
-        raise ValueError("block_size must be [block_n, block_k] for w8a8_block_fp8_matmul_grouped")
-    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, block_size)
-
-
-def w8a8_tensor_fp8_matmul_grouped(
-    A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, offsets: torch.Tensor, tokens_per_expert: torch.Tensor
-) -> torch.Tensor:
-    """Per-tensor ``matmul_grouped``: Bs (E,) or (E, 1, 1); activations get one scale per row."""
-    return matmul_grouped(A, B, Bs, offsets, tokens_per_expert, None)
