@@ -4,7 +4,7 @@
 # pinned environment, and shadow it for this run only. Usage: scripts/test_pinned.sh REQUIREMENTS
 # [pytest arguments]. CI runs it three times:
 #   requirements-gen1.txt tests/test_transformers.py        Transformers 5.9, the first call generation
-#   requirements-kernels-newest.txt tests -m kernels_ci     the newest `kernels` loader (0.17)
+#   requirements-kernels-newest.txt tests/test_package.py   the newest `kernels` loader (0.17): loading and the build
 #   requirements-triton-newest.txt tests -m compile_matrix  the newest Triton (3.9), compiling only
 set -euo pipefail
 cd "$(dirname "$0")/.."

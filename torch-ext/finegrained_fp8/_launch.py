@@ -101,6 +101,7 @@ def _specialization(arg: object) -> object:
             tuple(arg.block_shape),
             arg.layout,
             arg.padding,
+            getattr(arg, "round_f32_to_tf32", False),  # a field from Triton 3.9
             tuple(d % 16 == 0 for d in arg.shape),
             tuple(d % 16 == 0 for d in arg.strides),
         )
