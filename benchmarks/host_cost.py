@@ -40,7 +40,7 @@ BLOCK = [128, 128]
 CATEGORIES = [
     ("validation", ("_validation.py", "dense.py:matmul_2d", "dense.py:w8a8_", "moe.py:matmul_", "moe.py:_check")),
     ("dispatch check", ("_launch.py:is_plain_eager_call", "_launch.py:call", "_python_dispatch")),
-    ("device guard", ("torch/cuda/__init__.py", "_device.py:on_device_of", "torch/cuda/_utils")),
+    ("device guard", ("torch/cuda/__init__.py", "_device.py:on_device", "torch/cuda/_utils")),
     ("Gluon descriptors/layouts", ("tensor_descriptor", "gluon", "_wgmma.py:_operand", "_wgmma.py:_output")),
     ("Triton launch", ("triton/", "torch/_library/triton")),
     ("tile choice", ("_tiles.py",)),

@@ -79,7 +79,7 @@ def main() -> None:
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         shipped = tiles_mod.gemm_tiles(m, n, k, 128, x.device)
         ref = fp8.w8a8_block_fp8_matmul(q, w, s, ws, [128, 128], torch.bfloat16)
-        base = bench(lambda: lambda: dense.launch_gemm(w, ws, q, s, out, (128, 128), shipped), n * k)
+        base = bench(lambda: lambda: dense.launch_gemm(w, ws, q, s, out, dense.Scaling(128, 128), shipped), n * k)
         results = []
         for over, split_mult in candidates(m):
             t = replace(shipped, **over)
@@ -88,8 +88,8 @@ def main() -> None:
             per = -(-k_blocks // split)
             t = replace(t, split_k=-(-k_blocks // per), k_blocks_per_split=per)
             try:
-                ms = bench(lambda t=t: lambda: dense.launch_gemm(w, ws, q, s, out, (128, 128), t), n * k)
-                dense.launch_gemm(w, ws, q, s, out, (128, 128), t)
+                ms = bench(lambda t=t: lambda: dense.launch_gemm(w, ws, q, s, out, dense.Scaling(128, 128), t), n * k)
+                dense.launch_gemm(w, ws, q, s, out, dense.Scaling(128, 128), t)
                 bad = not torch.allclose(out.float(), ref.float(), rtol=1e-2, atol=1e-2 * ref.abs().max().item())
             except Exception as e:  # a candidate that does not compile (resources) is skipped
                 print(f"  skip {t}: {type(e).__name__}")

@@ -153,7 +153,8 @@ def representative_calls() -> list:
         x = torch.empty(m, k, dtype=torch.float8_e4m3fn)
         block_k = block[1] if block else k
         xs = torch.empty(m, -(-k // block_k)) if block else torch.empty(m, 1)
-        dense.launch_gemm(w, ws, x, xs, torch.empty(m, n, dtype=out_dtype), block)
+        scaling = dense.Scaling(*block) if block else dense.Scaling()
+        dense.launch_gemm(w, ws, x, xs, torch.empty(m, n, dtype=out_dtype), scaling)
 
     for m in (1, 32, 64, 128, 200, 1024):
         calls.append(lambda m=m: gemm(m, 7168, 18432))
@@ -168,7 +169,7 @@ def representative_calls() -> list:
         w, ws = weight(n, k, block, scale_dtype, experts=e)
         x = torch.empty(rows, k, dtype=torch.bfloat16)
         ids = torch.empty(rows, dtype=torch.int64)
-        block_args = module("_launch").block_to_op_args(block)
+        block_args = block or (0, 0)  # the ops' per-tensor ints
         if batched:
             return moe._fp8_matmul_batched(x, w, ws, ids, *block_args, torch.bfloat16)
         offsets = torch.empty((e,), dtype=torch.int32)

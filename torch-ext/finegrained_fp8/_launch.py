@@ -177,13 +177,3 @@ def next_power_of_two(n: int) -> int:
 def with_unit_k_stride(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when its last dimension (K) is contiguous, else a contiguous copy."""
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
-def block_from_op_args(block_n: int, block_k: int) -> tuple[int, int] | None:
-    """Ops carry the scaling mode as two ints: (0, 0) means per-tensor weight scales."""
-    return None if block_n == 0 else (block_n, block_k)
-
-
-def block_to_op_args(block: tuple[int, int] | None) -> tuple[int, int]:
-    """The two op ints for ``block`` ((block_n, block_k), or None for per-tensor): see ``block_from_op_args``."""
-    return block if block is not None else (0, 0)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ._device import device_facts
+from ._scaling import PER_TENSOR, Scaling
 
 FP8_DTYPE = torch.float8_e4m3fn
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -91,14 +92,11 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def resolve_block_size(block_size: object, n: int, k: int) -> tuple[int, int] | None:
-    """Normalize ``block_size`` for a weight of shape ``[n, k]``.
-
-    Returns ``(block_n, block_k)`` for block-wise scaling, or ``None`` for per-tensor scaling
-    (``block_size`` None, or equal to ``[n, k]``).
-    """
+def resolve_block_size(block_size: object, n: int, k: int) -> Scaling:
+    """The scaling of a weight of shape ``[n, k]`` that ``block_size`` asks for: per-tensor where it is
+    None or equal to ``[n, k]``, else per ``[block_n, block_k]`` block."""
     if block_size is None:
-        return None
+        return PER_TENSOR
     if isinstance(block_size, torch.Tensor) or not isinstance(block_size, Sequence):
         raise TypeError(f"block_size must be a list or tuple [block_n, block_k] or None, got {block_size!r}")
     if len(block_size) != 2:
@@ -106,16 +104,16 @@ def resolve_block_size(block_size: object, n: int, k: int) -> tuple[int, int] | 
     block_n = check_positive_int("block_size[0]", block_size[0])
     block_k = check_positive_int("block_size[1]", block_size[1])
     if (block_n, block_k) == (n, k):
-        return None
+        return PER_TENSOR
     if block_k not in SUPPORTED_BLOCK_K:
         raise ValueError(
             f"block_size[1] (block_k) must be one of {SUPPORTED_BLOCK_K} for block-wise scaling, got {block_k}"
         )
-    return block_n, block_k
+    return Scaling(block_n, block_k)
 
 
 def check_weight_scale(
-    name: str, bs: torch.Tensor, leading: tuple[int, ...], n: int, k: int, block: tuple[int, int] | None
+    name: str, bs: torch.Tensor, leading: tuple[int, ...], n: int, k: int, scaling: Scaling
 ) -> torch.Tensor:
     """Check ``Bs`` (weight_scale_inv): ``[*leading, ceil(n/block_n), ceil(k/block_k)]`` or a per-tensor scale.
 
@@ -123,18 +121,18 @@ def check_weight_scale(
     dimensions of size 1).
     """
     check_tensor(name, bs, SCALE_DTYPES)
-    if block is None:
+    if not scaling.per_block:
         if bs.numel() != math.prod(leading):
             raise ValueError(
                 f"{name} must hold one per-tensor scale per weight matrix ({math.prod(leading)}), "
                 f"got shape {tuple(bs.shape)}"
             )
         return bs
-    expected = (*leading, math.ceil(n / block[0]), math.ceil(k / block[1]))
+    expected = (*leading, math.ceil(n / scaling.block_n), math.ceil(k / scaling.block_k))
     if tuple(bs.shape) != expected:
         raise ValueError(
             f"{name} must have shape {list(expected)} for weights [{', '.join(map(str, (*leading, n, k)))}] "
-            f"and block_size {list(block)}, got {list(bs.shape)}"
+            f"and block_size {list(scaling.op_args)}, got {list(bs.shape)}"
         )
     return bs
 
@@ -154,12 +152,12 @@ def check_vector(name: str, t: object, dtypes: Sequence[torch.dtype], length: in
     return t
 
 
-def check_weights(a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, block_size: object, stacked: bool):
+def check_weights(a: torch.Tensor, b: torch.Tensor, bs: torch.Tensor, block_size: object, stacked: bool) -> Scaling:
     """Check the FP8 weights ``B`` ((N, K), or (E, N, K) when ``stacked``), their K against ``A`` and
-    their scales ``Bs`` against ``block_size``; return (block_n, block_k), or None for per-tensor mode."""
+    their scales ``Bs`` against ``block_size``; return their scaling."""
     check_tensor("B", b, (FP8_DTYPE,), ndim=3 if stacked else 2)
     *leading, n, k = b.shape
     check_k_matches("A", a, "B", b)
-    block = resolve_block_size(block_size, n, k)
-    check_weight_scale("Bs", bs, tuple(leading), n, k, block)
-    return block
+    scaling = resolve_block_size(block_size, n, k)
+    check_weight_scale("Bs", bs, tuple(leading), n, k, scaling)
+    return scaling

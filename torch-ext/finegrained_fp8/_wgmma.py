@@ -34,6 +34,7 @@ from ._device import device_facts, multiprocessor_count
 from ._launch import cdiv, is_plain_eager_call, launch_kernel, next_power_of_two
 from ._ops import add_op_namespace_prefix
 from ._quant import decode_scale
+from ._scaling import Scaling
 from ._tiles import WgmmaTiles, wgmma_tiles
 
 # The one block shape the kernel serves: 128 weight rows share one scale per K block.
@@ -503,15 +504,13 @@ def _tiles_for(x: torch.Tensor, w: torch.Tensor, grouped: bool) -> WgmmaTiles | 
     return wgmma_tiles(rows, k, w.shape[0], x.device)
 
 
-def serves(
-    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, block: tuple[int, int] | None, grouped: bool = False
-) -> bool:
+def serves(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, scaling: Scaling, grouped: bool = False) -> bool:
     """Whether ``launch`` computes this product: a Hopper GPU, 128x128 weight blocks, prefill sizes,
     TMA-aligned operands, experts stacked back to back. From metadata alone (FakeTensor-safe)."""
     experts, n = _experts_and_rows(w)
     back_to_back = experts == 1 or w.stride(0) == n * w.stride(1)  # a (E * N, K) view exists
     return (  # the cheap shape checks first: decode calls (the hot path) stop there
-        block == BLOCK_SHAPE
+        scaling.op_args == BLOCK_SHAPE
         and _tiles_for(x, w, grouped) is not None
         and device_facts(x.device).hopper_wgmma
         and _tma_ready(x)

@@ -18,8 +18,6 @@ import triton.language as tl
 from ._backends import hopper_gemm
 from ._gemm_core import scaled_tile_product, tile_coordinates
 from ._launch import (
-    block_from_op_args,
-    block_to_op_args,
     cdiv,
     dependent_launch_options,
     launch_kernel,
@@ -28,6 +26,7 @@ from ._launch import (
     with_unit_k_stride,
 )
 from ._quantize import as_rows, quantize_2d
+from ._scaling import Scaling
 from ._tiles import GemmTiles, gemm_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -136,12 +135,12 @@ def launch_gemm(
     x: torch.Tensor,
     xs: torch.Tensor,
     out: torch.Tensor,
-    block: tuple[int, int] | None,
+    scaling: Scaling,
     tiles: GemmTiles | None = None,
 ) -> None:
     """Compute ``out (M, N) = x (M, K) @ w (N, K).T`` with scales; launch under x's device.
 
-    ``block`` is (block_n, block_k) or None for per-tensor weight scales. ``xs``: activation scales
+    ``scaling`` says how ``ws`` scales ``w`` (per block, or per tensor). ``xs``: activation scales
     (M, ceil(K / block_k)), per-row (M,) / (M, 1), or one element (static scheme). ``tiles``
     forces the plain-Triton kernel with those tiles (tile sweeps); else Hopper prefill sizes run
     the Gluon kernel (``_wgmma``, same numerics).
@@ -153,14 +152,14 @@ def launch_gemm(
     if k == 0:  # an empty sum
         out.zero_()
         return
-    if tiles is None and hopper_gemm is not None and hopper_gemm.serves(x, w, out, block):
+    if tiles is None and hopper_gemm is not None and hopper_gemm.serves(x, w, out, scaling):
         hopper_gemm.launch(x, w, xs, ws, out)
         return
-    per_k_scale = block is not None
-    tiles = tiles or gemm_tiles(m, n, k, block[1] if per_k_scale else 128, x.device)
+    tiles = tiles or gemm_tiles(m, n, k, scaling.k_step(), x.device)
     ws_ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = ws.view(torch.uint8) if ws_ue8m0 else ws
-    ws, stride_wsn, stride_wsk = _scale_strides(ws, cdiv(n, block[0]) if per_k_scale else 1)
+    rows_per_scale = scaling.weight_rows_per_scale(n)
+    ws, stride_wsn, stride_wsk = _scale_strides(ws, cdiv(n, rows_per_scale))
     xs, stride_xsm, stride_xsk = _scale_strides(xs, m)
     split = tiles.split_k
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
@@ -174,11 +173,11 @@ def launch_gemm(
             w.stride(0), stride_wsn, stride_wsk,
             x.stride(0), stride_xsm, stride_xsk,
             m * n, out.stride(0),
-            block[0] if per_k_scale else n, tiles.k_blocks_per_split,
+            rows_per_scale, tiles.k_blocks_per_split,
         ),
         x.device,
         BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k, GROUP_N=tiles.group_n,
-        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        PER_K_SCALE=scaling.per_block, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
         MASK_X_ROWS=m % tiles.block_m != 0,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **overlap,
     )  # fmt: skip
@@ -203,7 +202,7 @@ def _fp8_matmul(
     n = b.shape[0]
     x = as_rows(a)
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    launch_gemm(with_unit_k_stride(b), b_s, x, a_s, out.view(x.shape[0], n), block_from_op_args(block_n, block_k))
+    launch_gemm(with_unit_k_stride(b), b_s, x, a_s, out.view(x.shape[0], n), Scaling(block_n, block_k))
     return out
 
 
@@ -218,22 +217,22 @@ def _fp8_matmul_fused(
     output_dtype: torch.dtype,
 ) -> torch.Tensor:
     n, k = b.shape
-    block = block_from_op_args(block_n, block_k)
+    scaling = Scaling(block_n, block_k)
     x = as_rows(a)
     out = torch.empty((*a.shape[:-1], n), dtype=output_dtype, device=a.device)
-    q, x_s = quantize_2d(x, k if block is None else block[1], activation_scale)
-    launch_gemm(with_unit_k_stride(b), b_s, q, x_s, out.view(x.shape[0], n), block)
+    q, x_s = quantize_2d(x, scaling.activation_group(k), activation_scale)
+    launch_gemm(with_unit_k_stride(b), b_s, q, x_s, out.view(x.shape[0], n), scaling)
     return out
 
 
-def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, block: tuple[int, int] | None) -> None:
+def _check_activation_scale(a: torch.Tensor, a_s: torch.Tensor, k: int, scaling: Scaling) -> None:
     """As: one element (static scheme), per K block (..., M, ceil(K/block_k)) or per row (..., M[, 1])."""
     check_tensor("As", a_s, (torch.float32,))
     if a_s.numel() == 1:
         return
     rows = a.shape[:-1]
-    if block is not None:
-        allowed = [(*rows, cdiv(k, block[1]))]
+    if scaling.per_block:
+        allowed = [(*rows, cdiv(k, scaling.block_k))]
     else:
         allowed = [tuple(rows), (*rows, 1)]
     if tuple(a_s.shape) not in allowed:
@@ -267,11 +266,11 @@ def matmul_prequantized(
         (..., N) tensor of ``output_dtype``.
     """
     check_tensor("A", A, (FP8_DTYPE,), min_ndim=1)
-    block = check_weights(A, B, Bs, block_size, stacked=False)
-    _check_activation_scale(A, As, B.shape[1], block)
+    scaling = check_weights(A, B, Bs, block_size, stacked=False)
+    _check_activation_scale(A, As, B.shape[1], scaling)
     check_output_dtype("output_dtype", output_dtype)
     check_devices(A=A, B=B, As=As, Bs=Bs)
-    return _fp8_matmul(A, B, As, Bs, *block_to_op_args(block), output_dtype)
+    return _fp8_matmul(A, B, As, Bs, *scaling.op_args, output_dtype)
 
 
 def matmul_2d(
@@ -296,7 +295,7 @@ def matmul_2d(
     so the codes and scales are exactly those of ``fp8_act_quant``.
     """
     check_tensor("A", A, ACTIVATION_DTYPES, min_ndim=1)
-    block = check_weights(A, B, Bs, block_size, stacked=False)
+    scaling = check_weights(A, B, Bs, block_size, stacked=False)
     if activation_scale is not None:
         check_tensor("activation_scale", activation_scale, (torch.float32,))
         if activation_scale.numel() != 1:
@@ -305,7 +304,7 @@ def matmul_2d(
             )
     out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
     check_devices(A=A, B=B, Bs=Bs, activation_scale=activation_scale)
-    return _fp8_matmul_fused(A, B, Bs, activation_scale, *block_to_op_args(block), out_dtype)
+    return _fp8_matmul_fused(A, B, Bs, activation_scale, *scaling.op_args, out_dtype)
 
 
 matmul = matmul_2d

@@ -32,8 +32,6 @@ import triton.language as tl
 from ._backends import hopper_gemm
 from ._gemm_core import scaled_tile_product, tile_coordinates
 from ._launch import (
-    block_from_op_args,
-    block_to_op_args,
     cdiv,
     dependent_launch_options,
     launch_kernel,
@@ -44,6 +42,7 @@ from ._launch import (
 )
 from ._quantize import quantize_2d
 from ._routing import bucket_of, route
+from ._scaling import Scaling
 from ._tiles import GemmTiles, expert_tiles
 from ._validation import (
     ACTIVATION_DTYPES,
@@ -272,12 +271,12 @@ def _few_rows_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & mine[None, :])
 
 
-def _weight_scale_args(ws: torch.Tensor, experts: int, per_k_scale: bool) -> tuple[torch.Tensor, bool, int, int, int]:
+def _weight_scale_args(ws: torch.Tensor, experts: int, scaling: Scaling) -> tuple[torch.Tensor, bool, int, int, int]:
     """(scales as the kernels read them, whether they are UE8M0 codes, and their (expert, row block,
     k block) strides); per-tensor scales are one per expert."""
     ue8m0 = ws.dtype == torch.float8_e8m0fnu
     ws = ws.view(torch.uint8) if ue8m0 else ws
-    if not per_k_scale:
+    if not scaling.per_block:
         ws = ws.reshape(experts)
         return ws, ue8m0, ws.stride(0), 0, 0
     return (ws, ue8m0, *ws.stride())
@@ -290,7 +289,7 @@ def launch_expert_gemm(
     out: torch.Tensor,
     ends: torch.Tensor,
     perm: torch.Tensor | None,
-    block: tuple[int, int] | None,
+    scaling: Scaling,
     zero_sentinels: bool,
     tiles: GemmTiles | None = None,
 ) -> None:
@@ -303,16 +302,16 @@ def launch_expert_gemm(
     """
     s, k = x.shape
     experts, n, _ = w.shape
-    per_k_scale = block is not None
     explicit_tiles = tiles is not None
-    tiles = tiles or expert_tiles(s, experts, k, block[1] if per_k_scale else 128, x.device)
+    tiles = tiles or expert_tiles(s, experts, k, scaling.k_step(), x.device)
     num_buckets = experts + int(zero_sentinels)
     tiles_m = cdiv(s, tiles.block_m) + min(num_buckets, s)
-    xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k, source_rows=perm)
-    if perm is None and not explicit_tiles and hopper_gemm is not None and hopper_gemm.serves(xq, w, out, block, True):
+    xq, xs = quantize_2d(x, scaling.activation_group(k), source_rows=perm)
+    gluon = perm is None and not explicit_tiles and hopper_gemm is not None
+    if gluon and hopper_gemm.serves(xq, w, out, scaling, True):
         hopper_gemm.launch(xq, w, xs, ws, out, ends)  # the caller's scales: it tells UE8M0 codes by their dtype
         return
-    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
+    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, scaling)
     launch_kernel(
         _expert_gemm_kernel,
         (cdiv(n, tiles.block_n) * tiles_m,),
@@ -321,12 +320,12 @@ def launch_expert_gemm(
             s, n, k, experts, num_buckets, tiles_m,
             w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
             xq.stride(0), xs.stride(0), xs.stride(1), out.stride(0),
-            block[0] if per_k_scale else n,
+            scaling.weight_rows_per_scale(n),
         ),
         x.device,
         BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
         BLOCK_E=next_power_of_two(num_buckets), GROUP_N=tiles.group_n,
-        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        PER_K_SCALE=scaling.per_block, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
         SCATTER=perm is not None,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
     )  # fmt: skip
@@ -338,7 +337,7 @@ def launch_few_rows(
     ws: torch.Tensor,
     out: torch.Tensor,
     expert_ids: torch.Tensor,
-    block: tuple[int, int] | None,
+    scaling: Scaling,
 ) -> None:
     """``matmul_batched`` of at most ``FEW_ROWS_MAX`` rows: quantization, then ``_few_rows_kernel``.
 
@@ -347,10 +346,9 @@ def launch_few_rows(
     """
     s, k = x.shape
     experts, n, _ = w.shape
-    per_k_scale = block is not None
-    tiles = expert_tiles(s, experts, k, block[1] if per_k_scale else 128, x.device)
-    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, per_k_scale)
-    xq, xs = quantize_2d(x, tiles.block_k if per_k_scale else k)
+    tiles = expert_tiles(s, experts, k, scaling.k_step(), x.device)
+    ws, ws_ue8m0, stride_wse, stride_wsn, stride_wsk = _weight_scale_args(ws, experts, scaling)
+    xq, xs = quantize_2d(x, scaling.activation_group(k))
     launch_kernel(
         _few_rows_kernel,
         (cdiv(n, tiles.block_n), s),
@@ -359,11 +357,11 @@ def launch_few_rows(
             s, n, k, experts,
             w.stride(0), w.stride(1), stride_wse, stride_wsn, stride_wsk,
             xq.stride(0), xs.stride(0), xs.stride(1), out.stride(0),
-            block[0] if per_k_scale else n,
+            scaling.weight_rows_per_scale(n),
         ),
         x.device,
         BLOCK_N=tiles.block_n, BLOCK_M=FEW_ROWS_MAX, BLOCK_K=tiles.block_k,
-        PER_K_SCALE=per_k_scale, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
+        PER_K_SCALE=scaling.per_block, WS_UE8M0=ws_ue8m0, EVEN_K=k % tiles.block_k == 0,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **dependent_launch_options(x.device),
     )  # fmt: skip
 
@@ -390,13 +388,13 @@ def _expert_matmul(
             return out.zero_()
         routed = torch.arange(s, device=a.device) < offsets[-1]  # rows past offsets[-1] stay unwritten
         return out.masked_fill_(routed[:, None], 0)
-    block = block_from_op_args(block_n, block_k)
+    scaling = Scaling(block_n, block_k)
     a, b = with_unit_k_stride(a), with_unit_k_stride(b)
     if batched and s <= FEW_ROWS_MAX:
-        launch_few_rows(a, b, b_s, out, expert_ids.contiguous(), block)
+        launch_few_rows(a, b, b_s, out, expert_ids.contiguous(), scaling)
         return out
     perm, ends = route(expert_ids.contiguous(), b.shape[0]) if batched else (None, offsets.contiguous())
-    launch_expert_gemm(a, b, b_s, out, ends, perm, block, batched)
+    launch_expert_gemm(a, b, b_s, out, ends, perm, scaling, batched)
     return out
 
 
@@ -429,11 +427,12 @@ def _fp8_matmul_grouped(
 def _check_experts(
     A: torch.Tensor, B: torch.Tensor, Bs: torch.Tensor, block_size: object, output_dtype: torch.dtype | None
 ) -> tuple[tuple[int, int], torch.dtype]:
-    """Validate raw rows A (S, K), stacked weights B (E, N, K) and their scales; return (block ints, out dtype)."""
+    """Validate raw rows A (S, K), stacked weights B (E, N, K) and their scales; return (the scaling's op
+    ints, out dtype)."""
     check_tensor("A", A, ACTIVATION_DTYPES, ndim=2)
-    block = check_weights(A, B, Bs, block_size, stacked=True)
+    scaling = check_weights(A, B, Bs, block_size, stacked=True)
     out_dtype = check_output_dtype("output_dtype", A.dtype if output_dtype is None else output_dtype)
-    return block_to_op_args(block), out_dtype
+    return scaling.op_args, out_dtype
 
 
 def matmul_batched(
@@ -462,10 +461,10 @@ def matmul_batched(
         launches: routing, quantization (which gathers the rows into expert order), expert GEMM;
         two (quantization, expert GEMM) for at most ``FEW_ROWS_MAX`` (16) rows.
     """
-    block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
+    scaling_args, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
     check_vector("expert_ids", expert_ids, ID_DTYPES, A.shape[0], "one per row of A")
     check_devices(A=A, B=B, Bs=Bs, expert_ids=expert_ids)
-    return _fp8_matmul_batched(A, B, Bs, expert_ids, *block, out_dtype)
+    return _fp8_matmul_batched(A, B, Bs, expert_ids, *scaling_args, out_dtype)
 
 
 def matmul_grouped(
@@ -492,9 +491,9 @@ def matmul_grouped(
         cost no GEMM work and are left unwritten (uninitialized memory): callers mask them. Two
         launches: quantization, expert GEMM.
     """
-    block, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
+    scaling_args, out_dtype = _check_experts(A, B, Bs, block_size, output_dtype)
     experts = B.shape[0]
     check_vector("offsets", offsets, ID_DTYPES, experts, "one per expert of B")
     check_vector("tokens_per_expert", tokens_per_expert, TOKENS_PER_EXPERT_DTYPES, experts, "one per expert of B")
     check_devices(A=A, B=B, Bs=Bs, offsets=offsets, tokens_per_expert=tokens_per_expert)
-    return _fp8_matmul_grouped(A, B, Bs, offsets, *block, out_dtype)
+    return _fp8_matmul_grouped(A, B, Bs, offsets, *scaling_args, out_dtype)
