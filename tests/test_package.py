@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import BACKEND, ROOT, build_package
+from conftest import BACKEND, REPO_ID, ROOT, build_package
 
 pytestmark = pytest.mark.kernels_ci
 
@@ -40,6 +40,17 @@ def test_build_layout(build_dir):
 def test_get_kernel_with_local_kernels(fp8):
     assert callable(fp8.fp8_act_quant)
     assert set(fp8.__all__) <= set(dir(fp8))
+
+
+def test_local_build_answers_both_hub_versions(fp8):
+    """Transformers 5.4-5.10 ask for version 1, 5.15-5.25 for version 4: with LOCAL_KERNELS pointing at
+    the build, both get this build, with the names each generation calls."""
+    import kernels
+
+    for version, names in ((1, ("fp8_act_quant", "w8a8_fp8_matmul_batched")), (4, ("matmul_2d", "matmul_grouped"))):
+        loaded = kernels.get_kernel(REPO_ID, version=version)
+        assert loaded.__file__ == fp8.__file__
+        assert all(callable(getattr(loaded, name)) for name in names)
 
 
 def test_get_local_kernel(build_dir):
