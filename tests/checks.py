@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import HAS_CUDA
 from reference import quantize_weight
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Errors relative to the row's largest output. float32 output: the interpreter accumulates exactly
 # in float32; Hopper's FP8 wgmma accumulates each 128-wide K block with about 14 mantissa bits before
@@ -54,3 +55,11 @@ def assert_matches(out, ref, out_dtype, magnitude=None):
         scale = torch.maximum(scale, magnitude.double())
     err = ((out.cpu().double() - ref) / scale).abs().max().item()
     assert err <= TOL[out_dtype], f"max error {err:.3g} relative to the row amax"
+
+
+class SeesOps(TorchDispatchMode):
+    """A dispatch mode that changes nothing but makes the package's calls go through their registered ops
+    (the path torch.compile and export take) instead of the direct eager path."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))

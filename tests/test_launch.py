@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from checks import make_activation, make_expert_weights, make_weight
+from checks import SeesOps, make_activation, make_expert_weights, make_weight
 from conftest import requires_cuda
 
 
@@ -115,12 +115,6 @@ def test_launch_hooks_take_the_jit_path(launch_module, monkeypatch):
 
 
 def _through_op(call):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class SeesOps(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
     with SeesOps():
         return call()
 

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from checks import SeesOps
 from conftest import BACKEND, REPO_ID, ROOT, build_package
 
 pytestmark = pytest.mark.kernels_ci
@@ -109,12 +110,6 @@ def test_plain_eager_calls_skip_op_dispatch_and_others_use_the_op(fp8, device):
     """Eager calls on plain tensors (Parameters included) run the implementation directly; a call
     under a dispatch mode or on tensors that require grad goes through the registered op; the two
     paths give the same bits."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class SeesOps(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 256, generator=gen).to(device)
     w = torch.nn.Parameter(torch.randn(64, 256, generator=gen).to(torch.float8_e4m3fn).to(device), requires_grad=False)
@@ -197,12 +192,6 @@ def _public_calls(fp8, gen, device) -> dict:
 def test_eager_path_and_op_path_agree(fp8, device, gen, name):
     """Each public function gives the same bits on its direct eager path and through its registered op
     (forced by a dispatch mode), and raises the same error for the same bad argument on both."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class SeesOps(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
     valid, invalid = _public_calls(fp8, gen, device)[name]
     eager = valid()
     with SeesOps():
