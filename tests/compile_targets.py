@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import triton
-from compile_gluon import load_package
+from compile_gluon import load_package, specialize_like_a_launch
 from torch._library.triton import set_wrap_triton_enabled
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -70,25 +70,17 @@ def argument_type(arg: object) -> str:
 
 
 def source_of(kernel, args: tuple, meta: dict):
-    """An ASTSource of ``kernel`` specialized like a launch with these arguments: integers equal to 1
-    become constants, aligned pointers and integers divisible by 16 get the divisibility hint."""
+    """An ASTSource of ``kernel`` specialized like a launch with these arguments (``specialize_like_a_launch``:
+    integers equal to 1 become constants, pointers and integers divisible by 16 get the divisibility hint),
+    its compile-time arguments from ``meta``."""
     names = kernel.arg_names
-    signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(names):
-        if index >= len(args):
-            signature[name] = "constexpr"
-            constexprs[(index,)] = meta[name]
-            continue
-        arg = args[index]
-        if isinstance(arg, int) and not isinstance(arg, bool) and arg == 1:
-            signature[name], constexprs[(index,)] = "constexpr", 1
-            continue
-        signature[name] = argument_type(arg)
-        aligned = (isinstance(arg, torch.Tensor) and arg.data_ptr() % 16 == 0) or (
-            isinstance(arg, int) and not isinstance(arg, bool) and arg % 16 == 0
-        )
-        if aligned:
-            attrs[(index,)] = [["tt.divisibility", 16]]
+    runtime = names[: len(args)]
+    pairs = list(zip(runtime, args, strict=True))
+    values = {name: arg for name, arg in pairs if isinstance(arg, int) and not isinstance(arg, bool)}
+    specialized, constexprs, attrs = specialize_like_a_launch(runtime, values)
+    signature = {name: specialized.get(name) or argument_type(arg) for name, arg in pairs}
+    for index, name in enumerate(names[len(args) :], len(args)):
+        signature[name], constexprs[(index,)] = "constexpr", meta[name]
     if type(kernel).__name__.startswith("Gluon"):
         from triton.experimental.gluon._runtime import GluonASTSource
 
